@@ -1,1 +1,37 @@
+//! Grow the hidden layers of a dfdx network in the middle of training.
+//!
+//! dfdx-grow brings runtime-sized linear layers ([`Linear`], [`Mlp`]) over dfdx tensors that
+//! can gain hidden units without changing the network's function ([`Init::ZerosOut`]), into a
+//! state gradient descent learns from, with optimizers whose state grows with the weights
+//! ([`optim::Adam`], [`optim::Sgd`]).
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
 pub use dfdx;
+pub use rand;
+
+mod activation;
+mod error;
+mod expandable;
+mod init;
+mod linear;
+mod loss;
+mod mlp;
+pub mod optim;
+mod params;
+mod report;
+
+pub use activation::Activation;
+pub use error::GrowError;
+pub use expandable::{grow_between, Expandable};
+pub use init::{Init, NewUnits};
+pub use linear::Linear;
+pub use loss::Loss;
+pub use mlp::{Mlp, Probe, DEFAULT_MAX_WIDTH};
+pub use params::{Matrix, ParamMut, ParamRef, Params, Vector};
+pub use report::ExpansionReport;
+
+/// The element types the crate computes in: dfdx dtypes with floating-point operations
+/// (`f32` and `f64`).
+pub trait Real: dfdx::prelude::Dtype + num_traits::Float {}
+impl<T: dfdx::prelude::Dtype + num_traits::Float> Real for T {}

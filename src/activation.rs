@@ -1,0 +1,57 @@
+//! The element-wise non-linearity between linear layers.
+
+use dfdx::prelude::{Device, Dtype, Shape, Tape, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// The activation applied after every hidden layer of an [`crate::Mlp`].
+///
+/// Every variant maps 0 to 0 except [`Activation::Sigmoid`] (sigmoid(0) = 1/2), which matters for
+/// the rejected [`crate::Init::ZerosBoth`]: with sigmoid the new units still receive a gradient
+/// through their fan-out, but stay identical to each other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activation {
+    /// `max(0, x)`.
+    #[default]
+    Relu,
+    /// `tanh(x)`.
+    Tanh,
+    /// The exact (erf) GELU, as PyTorch's default `nn.GELU`.
+    Gelu,
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// No non-linearity.
+    Identity,
+}
+
+impl Activation {
+    /// All variants, for tests and sweeps.
+    pub const ALL: [Activation; 5] = [
+        Activation::Relu,
+        Activation::Tanh,
+        Activation::Gelu,
+        Activation::Sigmoid,
+        Activation::Identity,
+    ];
+
+    /// Applies the activation to a (possibly traced) tensor.
+    pub fn try_apply<S: Shape, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+        self,
+        x: Tensor<S, E, D, T>,
+    ) -> Result<Tensor<S, E, D, T>, D::Err> {
+        match self {
+            Activation::Relu => x.try_relu(),
+            Activation::Tanh => x.try_tanh(),
+            Activation::Gelu => x.try_accurate_gelu(),
+            Activation::Sigmoid => x.try_sigmoid(),
+            Activation::Identity => Ok(x),
+        }
+    }
+
+    /// The activation's value at 0.
+    pub fn at_zero(self) -> f64 {
+        match self {
+            Activation::Sigmoid => 0.5,
+            _ => 0.0,
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! A linear layer whose widths are decided at run time, so it can grow.
+
+use dfdx::prelude::*;
+use rand::Rng;
+
+use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
+use crate::{Expandable, GrowError, Real};
+
+/// `y = x W^T + b`, with `W` of shape (out, in) and `b` of out entries, sizes known only at run
+/// time.
+///
+/// dfdx 0.13's own `nn::Linear<I, O>` fixes its size in the type; this one holds runtime-sized
+/// dfdx tensors and forwards batches `Tensor<(usize, usize), E, D, T>`, traced or not.
+///
+/// ```
+/// use dfdx_grow::dfdx::prelude::*;
+/// use dfdx_grow::rand::{rngs::StdRng, SeedableRng};
+/// use dfdx_grow::Linear;
+///
+/// let dev = Cpu::default();
+/// let mut rng = StdRng::seed_from_u64(0);
+/// let layer = Linear::<f32, Cpu>::new(4, 3, &dev, &mut rng).unwrap();
+/// let y = layer.forward(dev.sample_normal_like(&(2, 4)));
+/// assert_eq!(*y.shape(), (2, 3));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Linear<E: Dtype, D: Device<E>> {
+    /// Weight, shape (out, in).
+    pub weight: Matrix<E, D>,
+    /// Bias, shape (out,).
+    pub bias: Vector<E, D>,
+}
+
+/// Samples `n` values uniformly in `[-bound, bound)`, the way a fresh dfdx layer is initialised.
+pub(crate) fn uniform<E: Real>(n: usize, bound: f64, rng: &mut impl Rng) -> Vec<E> {
+    (0..n)
+        .map(|_| E::from_f64(rng.gen_range(-1.0..1.0) * bound).unwrap_or_else(E::zero))
+        .collect()
+}
+
+/// The bound of dfdx's (and PyTorch's) default linear init: `1 / sqrt(fan_in)`.
+pub(crate) fn fan_in_bound(fan_in: usize) -> f64 {
+    1.0 / (fan_in.max(1) as f64).sqrt()
+}
+
+impl<E: Real, D: Device<E>> Linear<E, D> {
+    /// A layer of `out` units over `inp` inputs, weights and bias uniform in
+    /// `[-1/sqrt(inp), 1/sqrt(inp))` as dfdx's and PyTorch's defaults.
+    pub fn new(inp: usize, out: usize, dev: &D, rng: &mut impl Rng) -> Result<Self, GrowError> {
+        let bound = fan_in_bound(inp);
+        let n = inp
+            .checked_mul(out)
+            .ok_or_else(|| GrowError::InvalidSizes {
+                sizes: vec![inp, out],
+                reason: "the weight's size overflows usize".into(),
+            })?;
+        let weight = dev
+            .try_tensor_from_vec(uniform(n, bound, rng), (out, inp))
+            .map_err(GrowError::device)?;
+        let bias = dev
+            .try_tensor_from_vec(uniform(out, bound, rng), (out,))
+            .map_err(GrowError::device)?;
+        Ok(Self { weight, bias })
+    }
+
+    /// A layer from existing tensors; the bias must have one entry per weight row.
+    pub fn from_parts(weight: Matrix<E, D>, bias: Vector<E, D>) -> Result<Self, GrowError> {
+        let (out, _) = *weight.shape();
+        if bias.shape().0 != out {
+            return Err(GrowError::ShapeMismatch {
+                layer: 0,
+                expected: out,
+                found: bias.shape().0,
+            });
+        }
+        Ok(Self { weight, bias })
+    }
+
+    /// The weight as a host vector, row-major.
+    pub fn weight_vec(&self) -> Vec<E> {
+        self.weight.as_vec()
+    }
+
+    /// The bias as a host vector.
+    pub fn bias_vec(&self) -> Vec<E> {
+        self.bias.as_vec()
+    }
+
+    fn dev(&self) -> &D {
+        self.weight.device()
+    }
+}
+
+impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
+    fn in_width(&self) -> usize {
+        self.weight.shape().1
+    }
+
+    fn out_width(&self) -> usize {
+        self.weight.shape().0
+    }
+
+    fn output_unit(&self, unit: usize) -> Option<(Vec<E>, E)> {
+        let (out, inp) = *self.weight.shape();
+        if unit >= out {
+            return None;
+        }
+        let w = self.weight.as_vec();
+        let b = self.bias.as_vec();
+        Some((w[unit * inp..(unit + 1) * inp].to_vec(), b[unit]))
+    }
+
+    fn input_column(&self, unit: usize) -> Option<Vec<E>> {
+        let (out, inp) = *self.weight.shape();
+        if unit >= inp {
+            return None;
+        }
+        let w = self.weight.as_vec();
+        Some((0..out).map(|r| w[r * inp + unit]).collect())
+    }
+
+    fn grow_outputs(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
+        let (out, inp) = *self.weight.shape();
+        let k = bias.len();
+        if fan_in.len() != k * inp {
+            return Err(GrowError::ShapeMismatch {
+                layer: 0,
+                expected: k * inp,
+                found: fan_in.len(),
+            });
+        }
+        // A pre-sized buffer and one copy: the cheapest way to append rows on any device.
+        let mut w = vec![E::zero(); (out + k) * inp];
+        self.weight.copy_into(&mut w[..out * inp]);
+        w[out * inp..].copy_from_slice(fan_in);
+        let mut b = vec![E::zero(); out + k];
+        self.bias.copy_into(&mut b[..out]);
+        b[out..].copy_from_slice(bias);
+        let dev = self.dev().clone();
+        let weight = dev
+            .try_tensor_from_vec(w, (out + k, inp))
+            .map_err(GrowError::device)?;
+        let bias = dev
+            .try_tensor_from_vec(b, (out + k,))
+            .map_err(GrowError::device)?;
+        self.weight = weight;
+        self.bias = bias;
+        Ok(())
+    }
+
+    fn grow_inputs(&mut self, fan_out: &[E], rescale: &[(usize, E)]) -> Result<(), GrowError> {
+        let (out, inp) = *self.weight.shape();
+        if out == 0 || fan_out.len() % out != 0 {
+            return Err(GrowError::ShapeMismatch {
+                layer: 0,
+                expected: out,
+                found: fan_out.len(),
+            });
+        }
+        let k = fan_out.len() / out;
+        if let Some(&(col, _)) = rescale.iter().find(|(c, _)| *c >= inp) {
+            return Err(GrowError::ShapeMismatch {
+                layer: 0,
+                expected: inp,
+                found: col,
+            });
+        }
+        let mut old = vec![E::zero(); out * inp];
+        self.weight.copy_into(&mut old);
+        for &(col, factor) in rescale {
+            for r in 0..out {
+                old[r * inp + col] *= factor;
+            }
+        }
+        let width = inp + k;
+        let mut w = Vec::with_capacity(out * width);
+        for r in 0..out {
+            w.extend_from_slice(&old[r * inp..(r + 1) * inp]);
+            w.extend_from_slice(&fan_out[r * k..(r + 1) * k]);
+        }
+        self.weight = self
+            .dev()
+            .clone()
+            .try_tensor_from_vec(w, (out, width))
+            .map_err(GrowError::device)?;
+        Ok(())
+    }
+}
+
+impl<E: Dtype, D: Device<E>> Params<E, D> for Linear<E, D> {
+    fn visit(&self, f: &mut dyn FnMut(ParamRef<'_, E, D>)) {
+        f(ParamRef::Matrix(&self.weight));
+        f(ParamRef::Vector(&self.bias));
+    }
+
+    fn visit_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_, E, D>)) {
+        f(ParamMut::Matrix(&mut self.weight));
+        f(ParamMut::Vector(&mut self.bias));
+    }
+}
+
+impl<E: Dtype, D: Device<E>, T: Tape<E, D>> Module<Tensor<(usize, usize), E, D, T>>
+    for Linear<E, D>
+{
+    type Output = Tensor<(usize, usize), E, D, T>;
+    type Error = D::Err;
+
+    fn try_forward(&self, x: Tensor<(usize, usize), E, D, T>) -> Result<Self::Output, D::Err> {
+        let batch = x.shape().0;
+        let out = self.weight.shape().0;
+        let y = x.try_matmul(self.weight.retaped::<T>().try_permute::<_, Axes2<1, 0>>()?)?;
+        let b = self
+            .bias
+            .retaped::<T>()
+            .try_broadcast_like::<_, Axis<0>>(&(batch, out))?;
+        y.try_add(b)
+    }
+}

@@ -1,0 +1,185 @@
+//! Adam and AdamW, with a step count of their own for every growth cohort.
+
+use dfdx::prelude::{Device, Gradients};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    check_hyper, check_weight_decay, host_pass, ModelState, Optimizer, Scratch, WeightDecay,
+};
+use crate::{GrowError, Params, Real};
+
+/// Which step count drives the bias correction of weights added by a growth.
+///
+/// Adam divides its moments by `1 - beta^t`. New weights start with zero moments; if they
+/// inherit the global `t`, that correction is already about 1, and their first update is about
+/// `(1 - beta1) / sqrt(1 - beta2)` = 3.2 x lr (with the default betas) instead of about lr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NewUnitSteps {
+    /// Every growth cohort counts its own steps from 1: a new weight's first update is an
+    /// ordinary first Adam step. The default.
+    #[default]
+    Cohort,
+    /// New weights share the global step count (the naive zero padding, as MSG and most
+    /// PyTorch code do it).
+    Global,
+}
+
+/// Adam's hyper-parameters (dfdx's `AdamConfig` plus the handling of new weights).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamConfig {
+    /// Learning rate. Default `1e-3`.
+    pub lr: f64,
+    /// Moment decay rates. Default `[0.9, 0.999]`.
+    pub betas: [f64; 2],
+    /// Added to the root of the second moment. Default `1e-8`.
+    pub eps: f64,
+    /// Weight decay; `Decoupled` makes this AdamW. Default none.
+    pub weight_decay: Option<WeightDecay>,
+    /// The step count of new weights. Default [`NewUnitSteps::Cohort`].
+    pub new_units: NewUnitSteps,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: None,
+            new_units: NewUnitSteps::Cohort,
+        }
+    }
+}
+
+/// Adam (or AdamW) whose moments grow with the weights: old entries untouched, new entries
+/// zero, each growth cohort with its own step count (see [`NewUnitSteps`]).
+#[derive(Clone, Debug)]
+pub struct Adam<E> {
+    cfg: AdamConfig,
+    state: ModelState<E>,
+    steps: u64,
+    scratch: Scratch<E>,
+}
+
+impl<E: Real> Adam<E> {
+    /// An optimizer with `cfg`, checked (finite non-negative lr, betas in [0, 1), eps > 0,
+    /// non-negative weight decay).
+    pub fn new(cfg: AdamConfig) -> Result<Self, GrowError> {
+        check_hyper("lr", cfg.lr, cfg.lr >= 0.0, "must be finite and >= 0")?;
+        for b in cfg.betas {
+            check_hyper(
+                "betas",
+                b,
+                (0.0..1.0).contains(&b),
+                "each must be in [0, 1)",
+            )?;
+        }
+        check_hyper("eps", cfg.eps, cfg.eps > 0.0, "must be finite and > 0")?;
+        check_weight_decay(cfg.weight_decay)?;
+        Ok(Self {
+            cfg,
+            state: ModelState::default(),
+            steps: 0,
+            scratch: Scratch::default(),
+        })
+    }
+
+    /// AdamW: Adam with decoupled weight decay `wd`.
+    pub fn adamw(lr: f64, wd: f64) -> Result<Self, GrowError> {
+        Self::new(AdamConfig {
+            lr,
+            weight_decay: Some(WeightDecay::Decoupled(wd)),
+            ..AdamConfig::default()
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AdamConfig {
+        &self.cfg
+    }
+
+    /// The moments (buffers 0 and 1) and cohorts of every tensor.
+    pub fn state(&self) -> &ModelState<E> {
+        &self.state
+    }
+}
+
+impl<E: Real, D: Device<E>> Optimizer<E, D> for Adam<E> {
+    fn sync(&mut self, model: &dyn Params<E, D>) -> Result<(), GrowError> {
+        self.state.sync(&model.param_dims(), 2, self.steps)
+    }
+
+    fn update(
+        &mut self,
+        model: &mut dyn Params<E, D>,
+        grads: &mut Gradients<E, D>,
+    ) -> Result<(), GrowError> {
+        Optimizer::<E, D>::sync(self, model)?;
+        self.steps += 1;
+        let (cfg, now) = (self.cfg, self.steps);
+        let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
+        let (b1, b2, eps, lr) = (
+            cast(cfg.betas[0]),
+            cast(cfg.betas[1]),
+            cast(cfg.eps),
+            cast(cfg.lr),
+        );
+        host_pass(
+            model,
+            grads,
+            &mut self.state,
+            &mut self.scratch,
+            |st, p, g| {
+                let mut bufs = std::mem::take(&mut st.buffers);
+                let (m, v) = bufs.split_at_mut(1);
+                let (m, v) = (&mut m[0], &mut v[0]);
+                st.for_each_block(|born, ranges| {
+                    let t = match cfg.new_units {
+                        NewUnitSteps::Cohort => now - born,
+                        NewUnitSteps::Global => now,
+                    };
+                    let t = i32::try_from(t).unwrap_or(i32::MAX);
+                    let c1 = (E::one() - b1.powi(t)).recip();
+                    let c2 = (E::one() - b2.powi(t)).recip();
+                    for range in ranges {
+                        let it = p[range.clone()]
+                            .iter_mut()
+                            .zip(&g[range.clone()])
+                            .zip(m[range.clone()].iter_mut().zip(v[range].iter_mut()));
+                        for ((p, &g), (m, v)) in it {
+                            // The same operations, in the same order, as dfdx's Adam kernel.
+                            let mut g = g;
+                            if let Some(WeightDecay::L2(wd)) = cfg.weight_decay {
+                                g += cast(wd) * *p;
+                            }
+                            *m = *m * b1 + g * (E::one() - b1);
+                            *v = *v * b2 + g.powi(2) * (E::one() - b2);
+                            let m_hat = *m * c1;
+                            let v_hat = *v * c2;
+                            g = lr * m_hat / (v_hat.sqrt() + eps);
+                            if let Some(WeightDecay::Decoupled(wd)) = cfg.weight_decay {
+                                g += cast(wd * cfg.lr) * *p;
+                            }
+                            *p -= g;
+                        }
+                    }
+                });
+                st.buffers = bufs;
+            },
+        )
+    }
+
+    fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    fn lr(&self) -> f64 {
+        self.cfg.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) -> Result<(), GrowError> {
+        check_hyper("lr", lr, lr >= 0.0, "must be finite and >= 0")?;
+        self.cfg.lr = lr;
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! Stochastic gradient descent with momentum, Nesterov and weight decay.
+
+use dfdx::prelude::{Device, Gradients};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    check_hyper, check_weight_decay, host_pass, ModelState, Optimizer, Scratch, WeightDecay,
+};
+use crate::{GrowError, Params, Real};
+
+/// Momentum, as in dfdx.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Momentum {
+    /// `v = g + u v; p -= lr v`.
+    Classic(f64),
+    /// `v = g + u v; p -= lr (g + u v)`.
+    Nesterov(f64),
+}
+
+/// SGD's hyper-parameters (the same meaning and defaults as dfdx's `SgdConfig`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SgdConfig {
+    /// Learning rate. Default `1e-2`.
+    pub lr: f64,
+    /// Momentum. Default none.
+    pub momentum: Option<Momentum>,
+    /// Weight decay. Default none.
+    pub weight_decay: Option<WeightDecay>,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-2,
+            momentum: None,
+            weight_decay: None,
+        }
+    }
+}
+
+/// SGD whose velocity grows with the weights (new entries start at zero velocity).
+#[derive(Clone, Debug)]
+pub struct Sgd<E> {
+    cfg: SgdConfig,
+    state: ModelState<E>,
+    steps: u64,
+    scratch: Scratch<E>,
+}
+
+impl<E: Real> Sgd<E> {
+    /// An optimizer with `cfg`, checked (finite, non-negative learning rate; momentum in
+    /// [0, 1); non-negative weight decay).
+    pub fn new(cfg: SgdConfig) -> Result<Self, GrowError> {
+        check_hyper("lr", cfg.lr, cfg.lr >= 0.0, "must be finite and >= 0")?;
+        if let Some(Momentum::Classic(u) | Momentum::Nesterov(u)) = cfg.momentum {
+            check_hyper("momentum", u, (0.0..1.0).contains(&u), "must be in [0, 1)")?;
+        }
+        check_weight_decay(cfg.weight_decay)?;
+        Ok(Self {
+            cfg,
+            state: ModelState::default(),
+            steps: 0,
+            scratch: Scratch::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SgdConfig {
+        &self.cfg
+    }
+
+    /// The velocity of every tensor (empty before the first update or without momentum).
+    pub fn state(&self) -> &ModelState<E> {
+        &self.state
+    }
+
+    fn buffers(&self) -> usize {
+        usize::from(self.cfg.momentum.is_some())
+    }
+}
+
+impl<E: Real, D: Device<E>> Optimizer<E, D> for Sgd<E> {
+    fn sync(&mut self, model: &dyn Params<E, D>) -> Result<(), GrowError> {
+        let n = self.buffers();
+        self.state.sync(&model.param_dims(), n, self.steps)
+    }
+
+    fn update(
+        &mut self,
+        model: &mut dyn Params<E, D>,
+        grads: &mut Gradients<E, D>,
+    ) -> Result<(), GrowError> {
+        Optimizer::<E, D>::sync(self, model)?;
+        self.steps += 1;
+        let cfg = self.cfg;
+        let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
+        let lr = cast(cfg.lr);
+        host_pass(
+            model,
+            grads,
+            &mut self.state,
+            &mut self.scratch,
+            |st, p, g| {
+                let mut vel = st.buffers.first_mut().map(|v| v.iter_mut());
+                for (p, &g) in p.iter_mut().zip(g) {
+                    // The same operations, in the same order, as dfdx's SGD kernel.
+                    let mut g = g;
+                    if let Some(WeightDecay::L2(wd)) = cfg.weight_decay {
+                        g += cast(wd) * *p;
+                    }
+                    match (cfg.momentum, vel.as_mut().and_then(|v| v.next())) {
+                        (Some(Momentum::Classic(u)), Some(v)) => {
+                            *v = g + cast(u) * *v;
+                            g = *v * lr;
+                        }
+                        (Some(Momentum::Nesterov(u)), Some(v)) => {
+                            let u = cast(u);
+                            *v = g + u * *v;
+                            g = (g + u * *v) * lr;
+                        }
+                        _ => g *= lr,
+                    }
+                    if let Some(WeightDecay::Decoupled(wd)) = cfg.weight_decay {
+                        g += cast(wd * cfg.lr) * *p;
+                    }
+                    *p -= g;
+                }
+            },
+        )
+    }
+
+    fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    fn lr(&self) -> f64 {
+        self.cfg.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) -> Result<(), GrowError> {
+        check_hyper("lr", lr, lr >= 0.0, "must be finite and >= 0")?;
+        self.cfg.lr = lr;
+        Ok(())
+    }
+}

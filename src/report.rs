@@ -1,0 +1,32 @@
+//! What one expansion did, with the evidence that it preserved the function.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Init;
+
+/// The record of one hidden-layer expansion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExpansionReport {
+    /// The hidden layer that grew (0-based).
+    pub layer: usize,
+    /// Its width before.
+    pub old_width: usize,
+    /// Its width after.
+    pub new_width: usize,
+    /// Trainable scalars before.
+    pub params_before: usize,
+    /// Trainable scalars after.
+    pub params_after: usize,
+    /// The init used.
+    pub init: Init,
+    /// Whether the init is function-preserving (see [`Init::is_exact`]).
+    pub exact: bool,
+    /// On the probe batch, when one was given: the largest absolute change of any output.
+    pub max_abs_output_change: Option<f64>,
+    /// The largest absolute output before the growth (the scale the change is relative to).
+    pub output_scale: Option<f64>,
+    /// The probe loss before the growth, when a probe with a target was given.
+    pub loss_before: Option<f64>,
+    /// The probe loss after the growth.
+    pub loss_after: Option<f64>,
+}

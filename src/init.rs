@@ -100,7 +100,7 @@ impl Init {
             })
         };
         match self {
-            Init::MirrorPairs if k % 2 != 0 => bad(format!(
+            Init::MirrorPairs if !k.is_multiple_of(2) => bad(format!(
                 "units come in +v/-v pairs, so k must be even (got {k})"
             )),
             Init::ConstantFanIn { value } if !value.is_finite() => {
@@ -191,7 +191,7 @@ fn copy_units<E: Real>(
     let mut sources = Vec::with_capacity(k);
     while sources.len() < k {
         let n = (k - sources.len()).min(width);
-        sources.extend(sample(rng, width, n).into_iter());
+        sources.extend(sample(rng, width, n));
     }
     let mut copies = vec![1usize; width];
     for &s in &sources {
@@ -208,8 +208,8 @@ fn copy_units<E: Real>(
         units.bias[j] = b;
         let col = consumer.input_column(s).ok_or_else(|| missing(s))?;
         let share = E::one() / E::from_usize(copies[s]).unwrap_or_else(E::one);
-        for r in 0..out {
-            units.fan_out[r * k + j] = col[r] * share;
+        for (r, &w) in col.iter().enumerate().take(out) {
+            units.fan_out[r * k + j] = w * share;
         }
     }
     for (s, &c) in copies.iter().enumerate().filter(|(_, &c)| c > 1) {

@@ -150,7 +150,7 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
 
     fn grow_inputs(&mut self, fan_out: &[E], rescale: &[(usize, E)]) -> Result<(), GrowError> {
         let (out, inp) = *self.weight.shape();
-        if out == 0 || fan_out.len() % out != 0 {
+        if out == 0 || !fan_out.len().is_multiple_of(out) {
             return Err(GrowError::ShapeMismatch {
                 layer: 0,
                 expected: out,

@@ -18,7 +18,8 @@ fn model() -> Mlp<f64, Cpu> {
 
 #[test]
 fn each_bad_growth_request_is_a_typed_error_and_changes_nothing() {
-    let cases: Vec<(usize, usize, Init, fn(&GrowError) -> bool)> = vec![
+    type Case = (usize, usize, Init, fn(&GrowError) -> bool);
+    let cases: Vec<Case> = vec![
         (2, 1, Init::ZerosOut, |e| {
             matches!(
                 e,

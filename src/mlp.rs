@@ -230,6 +230,20 @@ impl<E: Real, D: Device<E>> Mlp<E, D> {
         Ok(report)
     }
 
+    /// The L2 norm of the gradient of each hidden layer's producing weights and bias (the
+    /// signal [`crate::policy::GradNorm`] watches); a missing gradient counts as zero.
+    pub fn hidden_grad_norms(
+        &self,
+        grads: &mut dfdx::prelude::Gradients<E, D>,
+    ) -> Result<Vec<f64>, GrowError> {
+        let per_tensor = self.grad_norms(grads)?;
+        Ok(per_tensor
+            .chunks(2)
+            .take(self.hidden_layers())
+            .map(|wb| wb.iter().map(|n| n * n).sum::<f64>().sqrt())
+            .collect())
+    }
+
     /// Every check of [`Mlp::expand_hidden`] that needs no sampling; returns the old width.
     pub fn check_growth(&self, hidden: usize, k: usize, init: &Init) -> Result<usize, GrowError> {
         if hidden >= self.hidden_layers() {

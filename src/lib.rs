@@ -11,17 +11,23 @@ pub use dfdx;
 pub use rand;
 
 mod activation;
+// pub mod audit;
+// mod controller;
+pub mod data;
 mod error;
 mod expandable;
-mod init;
+pub mod flops;
+pub mod init;
 mod linear;
 mod loss;
 mod mlp;
 pub mod optim;
 mod params;
+// pub mod policy;
 mod report;
 
 pub use activation::Activation;
+// pub use controller::{ControllerError, ControllerState, GrowthController};
 pub use error::GrowError;
 pub use expandable::{grow_between, Expandable};
 pub use init::{Init, NewUnits};

@@ -1,0 +1,173 @@
+//! One training run (static or grown), measured in FLOPs and validation loss.
+
+use std::time::Instant;
+
+use dfdx_grow::data::{Dataset, Split};
+use dfdx_grow::dfdx::prelude::*;
+use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
+use dfdx_grow::rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use dfdx_grow::{flops, Activation, GrowthController, Loss, Mlp, Params, Probe};
+
+/// Settings shared by every run of a comparison.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub eval_every: usize,
+    pub seed: u64,
+}
+
+/// One evaluation point.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Point {
+    pub step: usize,
+    pub flops: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+}
+
+/// A growth, placed on the loss-FLOPs plane.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Mark {
+    pub step: u64,
+    pub flops: f64,
+    pub layer: usize,
+    pub new_width: usize,
+}
+
+/// What one run produced.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub name: String,
+    pub curve: Vec<Point>,
+    pub marks: Vec<Mark>,
+    pub train_flops: f64,
+    pub wall_s: f64,
+    pub final_widths: Vec<usize>,
+    pub refused: usize,
+}
+
+type M = dfdx_grow::Matrix<f32, Cpu>;
+
+/// Rows `idx` of `ds` as an input matrix and one-hot targets.
+pub fn batch(dev: &Cpu, ds: &Dataset, idx: &[usize]) -> (M, M) {
+    let mut x = Vec::with_capacity(idx.len() * ds.n_features);
+    let mut y = vec![0.0f32; idx.len() * ds.n_classes];
+    for (r, &i) in idx.iter().enumerate() {
+        x.extend_from_slice(ds.row(i));
+        y[r * ds.n_classes + ds.labels[i] as usize] = 1.0;
+    }
+    (
+        dev.tensor_from_vec(x, (idx.len(), ds.n_features)),
+        dev.tensor_from_vec(y, (idx.len(), ds.n_classes)),
+    )
+}
+
+/// Mean cross-entropy and accuracy of `mlp` on all of `ds`.
+pub fn evaluate(dev: &Cpu, mlp: &Mlp<f32, Cpu>, ds: &Dataset) -> (f64, f64) {
+    let (mut loss, mut correct) = (0.0, 0usize);
+    let all: Vec<usize> = (0..ds.len()).collect();
+    for chunk in all.chunks(2000) {
+        let (x, y) = batch(dev, ds, chunk);
+        let out = mlp.forward(x);
+        let logits = out.as_vec();
+        loss += Loss::CrossEntropy.value(out, &y) * chunk.len() as f64;
+        for (r, &i) in chunk.iter().enumerate() {
+            let row = &logits[r * ds.n_classes..(r + 1) * ds.n_classes];
+            let argmax = (0..ds.n_classes)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap_or(0);
+            correct += usize::from(argmax == ds.labels[i] as usize);
+        }
+    }
+    (loss / ds.len() as f64, correct as f64 / ds.len() as f64)
+}
+
+/// Trains an MLP of `sizes` on `data` for `s.steps` steps of Adam, growing it through
+/// `controller` when one is given. The data order, init and optimizer depend only on the seed,
+/// so every run of a comparison sees the same batches.
+pub fn train(
+    name: &str,
+    data: &Split,
+    sizes: &[usize],
+    max_width: usize,
+    mut controller: Option<GrowthController>,
+    s: &Settings,
+    progress: &mut dyn FnMut(&str, &Point, &[usize]),
+) -> Result<Run, String> {
+    let dev = Cpu::default();
+    let mut rng = StdRng::seed_from_u64(s.seed);
+    let mut mlp = Mlp::<f32, Cpu>::try_new(sizes, Activation::Relu, &dev, &mut rng)
+        .map_err(|e| e.to_string())?
+        .with_max_width(max_width);
+    let mut opt = Adam::<f32>::new(AdamConfig { lr: s.lr, ..Default::default() }).map_err(|e| e.to_string())?;
+    let train_set = &data.train;
+    let probe_idx: Vec<usize> = (0..train_set.len().min(512)).collect();
+    let (px, py) = batch(&dev, train_set, &probe_idx);
+    let probe = Probe { input: px, target: Some((py, Loss::CrossEntropy)) };
+
+    let mut order: Vec<usize> = (0..train_set.len()).collect();
+    let mut cursor = order.len();
+    let mut epoch = 0u64;
+    let mut spent = 0.0;
+    let (mut curve, mut marks, mut refused) = (Vec::new(), Vec::new(), 0);
+    let start = Instant::now();
+    let eval = |mlp: &Mlp<f32, Cpu>, step: usize, spent: f64| {
+        let (val_loss, val_accuracy) = evaluate(&dev, mlp, &data.val);
+        Point { step, flops: spent, val_loss, val_accuracy }
+    };
+    curve.push(eval(&mlp, 0, 0.0));
+    for step in 1..=s.steps {
+        if cursor + s.batch > order.len() {
+            order.shuffle(&mut rng);
+            cursor = 0;
+            epoch += 1;
+        }
+        let (x, y) = batch(&dev, train_set, &order[cursor..cursor + s.batch]);
+        cursor += s.batch;
+
+        let grads = mlp.try_alloc_grads().map_err(|e| e.to_string())?;
+        let loss = cross_entropy_with_logits_loss(mlp.forward(x.traced(grads)), y);
+        let train_loss = loss.as_vec()[0] as f64;
+        let mut grads = loss.backward();
+        opt.update(&mut mlp, &mut grads).map_err(|e| e.to_string())?;
+        spent += flops::train_step(&mlp.widths(), s.batch, flops::ADAM_UPDATE_FLOPS);
+
+        let evaluated = step % s.eval_every == 0 || step == s.steps;
+        if evaluated {
+            let p = eval(&mlp, step, spent);
+            progress(name, &p, &mlp.widths());
+            curve.push(p);
+        }
+        if let Some(ctl) = controller.as_mut() {
+            let val = evaluated.then(|| curve[curve.len() - 1].val_loss);
+            let m = GrowthController::metrics(&mlp, step as u64, epoch, train_loss, val, Some(&mut grads), spent)
+                .map_err(|e| e.to_string())?;
+            // What the policy's statistics cost: a slope window and the gradient norms.
+            spent += flops::policy_observation(100, mlp.num_params());
+            match ctl.observe(&m, &mut mlp, &mut opt, Some(&probe)) {
+                Ok(events) => {
+                    for e in events {
+                        spent += flops::growth(e.params_after, 2)
+                            + 2.0 * flops::forward(&mlp.widths(), probe_idx.len());
+                        marks.push(Mark { step: e.step, flops: spent, layer: e.layer, new_width: e.new_width });
+                    }
+                }
+                Err(e) => {
+                    refused += 1;
+                    eprintln!("  {name}: step {step}: {e}");
+                }
+            }
+        }
+    }
+    Ok(Run {
+        name: name.to_string(),
+        curve,
+        marks,
+        train_flops: spent,
+        wall_s: start.elapsed().as_secs_f64(),
+        final_widths: mlp.widths(),
+        refused,
+    })
+}

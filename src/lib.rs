@@ -11,8 +11,8 @@ pub use dfdx;
 pub use rand;
 
 mod activation;
-// pub mod audit;
-// mod controller;
+pub mod audit;
+mod controller;
 pub mod data;
 mod error;
 mod expandable;
@@ -23,11 +23,11 @@ mod loss;
 mod mlp;
 pub mod optim;
 mod params;
-// pub mod policy;
+pub mod policy;
 mod report;
 
 pub use activation::Activation;
-// pub use controller::{ControllerError, ControllerState, GrowthController};
+pub use controller::{ControllerError, ControllerState, GrowthController};
 pub use error::GrowError;
 pub use expandable::{grow_between, Expandable};
 pub use init::{Init, NewUnits};

@@ -33,11 +33,11 @@ pub fn svg(runs: &[Run], target: Option<f64>, title: &str) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
 <text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>
 <rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="none" stroke="#999"/>
-"#,
+"##,
         (W - RIGHT + LEFT) / 2.0,
         escape(title),
         W - LEFT - RIGHT,

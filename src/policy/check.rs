@@ -1,0 +1,202 @@
+//! Semantic checks of a [`PolicySpec`]; every error names the field path.
+
+use super::{Cross, GradNormSpec, PlateauSpec, PolicySpec, Size, Target, Threshold, MAX_DEPTH};
+use crate::init::Init;
+
+type Check = Result<(), (String, String)>;
+
+fn fail(path: &str, reason: impl Into<String>) -> Check {
+    Err((path.trim_start_matches('.').to_string(), reason.into()))
+}
+
+fn non_negative(path: &str, v: f64) -> Check {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        fail(path, format!("must be a finite number >= 0, got {v}"))
+    }
+}
+
+fn unit_interval(path: &str, v: f64, closed_top: bool) -> Check {
+    let ok = v.is_finite() && v > 0.0 && (v < 1.0 || (closed_top && v == 1.0));
+    let range = if closed_top { "(0, 1]" } else { "(0, 1)" };
+    if ok {
+        Ok(())
+    } else {
+        fail(path, format!("must be in {range}, got {v}"))
+    }
+}
+
+/// Walks a spec, remembering the fixed sizes seen (for limits that contradict them).
+pub(crate) struct Checker {
+    n_hidden: Option<usize>,
+    fixed: Vec<(String, usize)>,
+}
+
+impl Checker {
+    pub(crate) fn new(n_hidden: Option<usize>) -> Self {
+        Checker {
+            n_hidden,
+            fixed: Vec::new(),
+        }
+    }
+
+    fn layer(&self, path: &str, i: usize) -> Check {
+        match self.n_hidden {
+            Some(n) if i >= n => fail(path, format!("layer {i} does not exist (model has {n})")),
+            _ => Ok(()),
+        }
+    }
+
+    fn target(&self, path: &str, t: &Target) -> Check {
+        t.explicit_layer().map_or(Ok(()), |i| self.layer(path, i))
+    }
+
+    fn size(&mut self, path: &str, s: &Size, init: &Init) -> Check {
+        match *s {
+            Size::Fixed(0) => fail(path, "k must be at least 1"),
+            Size::Fixed(k) if *init == Init::MirrorPairs && k % 2 == 1 => {
+                fail(path, format!("MirrorPairs needs an even k, got {k}"))
+            }
+            Size::Fixed(k) => {
+                self.fixed.push((path.to_string(), k));
+                Ok(())
+            }
+            Size::Fraction(f) if f.is_finite() && f > 0.0 && f <= 10.0 => Ok(()),
+            Size::Fraction(f) => fail(path, format!("fraction must be in (0, 10], got {f}")),
+        }
+    }
+
+    fn init(&self, path: &str, init: &Init) -> Check {
+        match *init {
+            Init::CopyHalveNoise { std } => non_negative(&format!("{path}.std"), std),
+            Init::ConstantFanIn { value } if !value.is_finite() => {
+                fail(&format!("{path}.value"), "must be finite")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn plateau(&mut self, p: &str, s: &PlateauSpec) -> Check {
+        if s.patience == 0 {
+            return fail(&format!("{p}.patience"), "must be at least 1");
+        }
+        match s.threshold {
+            Threshold::Rel(v) => non_negative(&format!("{p}.threshold.Rel"), v)?,
+            Threshold::Abs(v) => non_negative(&format!("{p}.threshold.Abs"), v)?,
+        }
+        if let Some(a) = s.ema {
+            unit_interval(&format!("{p}.ema"), a, true)?;
+        }
+        if let Some(t) = &s.test {
+            if t.window < 3 {
+                return fail(&format!("{p}.test.window"), format!("must be >= 3, got {}", t.window));
+            }
+            unit_interval(&format!("{p}.test.confidence"), t.confidence, false)?;
+        }
+        self.target(&format!("{p}.target"), &s.target)?;
+        self.init(&format!("{p}.init"), &s.init)?;
+        self.size(&format!("{p}.size"), &s.size, &s.init)
+    }
+
+    fn gradnorm(&mut self, p: &str, s: &GradNormSpec) -> Check {
+        if s.rules.is_empty() {
+            return fail(&format!("{p}.rules"), "needs at least one rule");
+        }
+        if s.sustain == 0 {
+            return fail(&format!("{p}.sustain"), "must be at least 1");
+        }
+        for (i, r) in s.rules.iter().enumerate() {
+            let rp = format!("{p}.rules[{i}]");
+            self.layer(&format!("{rp}.layer"), r.layer)?;
+            match r.cross {
+                Cross::Above(x) | Cross::Below(x) => non_negative(&format!("{rp}.cross"), x)?,
+                Cross::AboveMean { factor, alpha } | Cross::BelowMean { factor, alpha } => {
+                    if !(factor.is_finite() && factor > 0.0) {
+                        return fail(&format!("{rp}.cross.factor"), format!("must be > 0, got {factor}"));
+                    }
+                    unit_interval(&format!("{rp}.cross.alpha"), alpha, true)?;
+                }
+            }
+        }
+        self.init(&format!("{p}.init"), &s.init)?;
+        self.size(&format!("{p}.size"), &s.size, &s.init)
+    }
+
+    /// Check `spec` found at `path`, `depth` levels deep.
+    pub(crate) fn spec(&mut self, spec: &PolicySpec, path: &str, depth: usize) -> Check {
+        if depth > MAX_DEPTH {
+            return fail(path, format!("nested deeper than {MAX_DEPTH} levels"));
+        }
+        match spec {
+            PolicySpec::Plateau(s) => self.plateau(&format!("{path}.Plateau"), s),
+            PolicySpec::GradNorm(s) => self.gradnorm(&format!("{path}.GradNorm"), s),
+            PolicySpec::Schedule(s) => {
+                let p = format!("{path}.Schedule.events");
+                if s.events.is_empty() {
+                    return fail(&p, "needs at least one event");
+                }
+                for (i, e) in s.events.iter().enumerate() {
+                    self.target(&format!("{p}[{i}].target"), &e.target)?;
+                    self.init(&format!("{p}[{i}].init"), &e.init)?;
+                    self.size(&format!("{p}[{i}].size"), &e.size, &e.init)?;
+                }
+                Ok(())
+            }
+            PolicySpec::AnyOf(v) | PolicySpec::AllOf(v) => {
+                let tag = if matches!(spec, PolicySpec::AnyOf(_)) { "AnyOf" } else { "AllOf" };
+                if v.is_empty() {
+                    return fail(&format!("{path}.{tag}"), "needs at least one policy");
+                }
+                v.iter()
+                    .enumerate()
+                    .try_for_each(|(i, s)| self.spec(s, &format!("{path}.{tag}[{i}]"), depth + 1))
+            }
+            PolicySpec::Sequence(v) => {
+                if v.is_empty() {
+                    return fail(&format!("{path}.Sequence"), "needs at least one stage");
+                }
+                for (i, st) in v.iter().enumerate() {
+                    let p = format!("{path}.Sequence[{i}]");
+                    if st.times == 0 {
+                        return fail(&format!("{p}.times"), "must be at least 1");
+                    }
+                    self.spec(&st.policy, &format!("{p}.policy"), depth + 1)?;
+                }
+                Ok(())
+            }
+            PolicySpec::Limits {
+                max_width,
+                max_params,
+                max_events,
+                max_flops,
+                policy,
+            } => {
+                let p = format!("{path}.Limits");
+                if *max_width == Some(0) {
+                    return fail(&format!("{p}.max_width"), "0 leaves no room to grow");
+                }
+                if *max_params == Some(0) {
+                    return fail(&format!("{p}.max_params"), "0 leaves no room to grow");
+                }
+                if *max_events == Some(0) {
+                    return fail(&format!("{p}.max_events"), "0 means the policy can never grow");
+                }
+                if let Some(f) = *max_flops {
+                    if !(f.is_finite() && f > 0.0) {
+                        return fail(&format!("{p}.max_flops"), format!("must be finite and > 0, got {f}"));
+                    }
+                }
+                let before = self.fixed.len();
+                self.spec(policy, &format!("{p}.policy"), depth + 1)?;
+                if let Some(mw) = *max_width {
+                    if let Some((fp, k)) = self.fixed[before..].iter().find(|(_, k)| *k > mw) {
+                        let reason = format!("{mw} is smaller than the fixed size {k} at {fp}");
+                        return fail(&format!("{p}.max_width"), reason);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}

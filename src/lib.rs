@@ -12,6 +12,7 @@ pub use rand;
 
 mod activation;
 pub mod audit;
+pub mod checkpoint;
 mod controller;
 pub mod data;
 mod error;

@@ -64,6 +64,14 @@ impl<E: Real> Sgd<E> {
         })
     }
 
+    /// Resumes from a saved state and step count (see [`crate::checkpoint::Checkpoint`]);
+    /// the next [`Optimizer::update`] checks that the state fits the model.
+    pub fn with_state(mut self, state: ModelState<E>, steps: u64) -> Self {
+        self.state = state;
+        self.steps = steps;
+        self
+    }
+
     /// The configuration.
     pub fn config(&self) -> &SgdConfig {
         &self.cfg

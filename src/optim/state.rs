@@ -117,6 +117,24 @@ pub struct ModelState<E> {
     pub tensors: Vec<TensorState<E>>,
 }
 
+impl<E> ModelState<E> {
+    /// The same state with every value converted by `f` (e.g. f32 to f64 for a checkpoint).
+    pub fn map<F>(&self, f: impl Fn(&E) -> F) -> ModelState<F> {
+        ModelState {
+            tensors: self
+                .tensors
+                .iter()
+                .map(|t| TensorState {
+                    dims: t.dims,
+                    buffers: t.buffers.iter().map(|b| b.iter().map(&f).collect()).collect(),
+                    rows: t.rows.clone(),
+                    cols: t.cols.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl<E: Copy + Default> ModelState<E> {
     /// Makes the state follow a model whose tensors now have `dims`: allocates it on first
     /// use, pads grown tensors (new entries born at `step`), and refuses anything else without

@@ -13,7 +13,10 @@ const WRITER_ENV: &str = "DFDX_GROW_AUDIT_WRITER";
 const MODE_ENV: &str = "DFDX_GROW_AUDIT_MODE";
 
 fn tmp(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("dfdx_grow_audit_{}_{name}.jsonl", std::process::id()));
+    let p = std::env::temp_dir().join(format!(
+        "dfdx_grow_audit_{}_{name}.jsonl",
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&p);
     p
 }
@@ -48,15 +51,23 @@ fn growth_records_round_trip_including_non_finite_losses() {
     log.growth(diverged).expect("write");
     drop(log);
     // Re-opening appends rather than truncating.
-    AuditLog::open(&path).expect("reopen").growth(event(3)).expect("write");
+    AuditLog::open(&path)
+        .expect("reopen")
+        .growth(event(3))
+        .expect("write");
     let records = AuditLog::read(&path).expect("read");
     assert_eq!(records.len(), 3);
     assert_eq!(records[0], AuditRecord::Growth(event(1)));
-    let AuditRecord::Growth(g) = &records[1] else { panic!("growth expected") };
+    let AuditRecord::Growth(g) = &records[1] else {
+        panic!("growth expected")
+    };
     assert!(g.loss_after.is_some_and(f64::is_nan));
     assert_eq!(g.evidence["t"], f64::NEG_INFINITY);
     let text = std::fs::read_to_string(&path).expect("text");
-    assert!(text.lines().all(|l| l.contains("\"kind\":\"growth\"")), "{text}");
+    assert!(
+        text.lines().all(|l| l.contains("\"kind\":\"growth\"")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -68,28 +79,49 @@ fn declined_records_are_written_at_every_nth_with_their_count() {
         epoch: 0,
         policy: "plateau".into(),
         why: "max_width 256 leaves no room".into(),
-        growths: vec![Growth { layer: 0, k: 4, init: Init::ZerosOut }],
+        growths: vec![Growth {
+            layer: 0,
+            k: 4,
+            init: Init::ZerosOut,
+        }],
     };
     let written: Vec<bool> = (0..7).map(|_| log.declined(&d).expect("write")).collect();
     assert_eq!(written, [false, false, true, false, false, true, false]);
     let records = AuditLog::read(&path).expect("read");
     assert_eq!(records.len(), 2);
-    let AuditRecord::Declined(r) = &records[0] else { panic!("declined expected") };
+    let AuditRecord::Declined(r) = &records[0] else {
+        panic!("declined expected")
+    };
     assert_eq!((r.count, r.layers.clone()), (3, vec![0]));
 }
 
 #[test]
 fn a_bad_line_is_reported_with_its_number() {
     let path = tmp("bad_line");
-    AuditLog::open(&path).expect("open").growth(event(1)).expect("write");
-    std::fs::write(&path, format!("{}{{\"kind\":\"growth\",\n", std::fs::read_to_string(&path).expect("read"))).expect("write");
-    let msg = AuditLog::read(&path).expect_err("line 2 is broken").to_string();
+    AuditLog::open(&path)
+        .expect("open")
+        .growth(event(1))
+        .expect("write");
+    std::fs::write(
+        &path,
+        format!(
+            "{}{{\"kind\":\"growth\",\n",
+            std::fs::read_to_string(&path).expect("read")
+        ),
+    )
+    .expect("write");
+    let msg = AuditLog::read(&path)
+        .expect_err("line 2 is broken")
+        .to_string();
     assert!(msg.contains(":2:"), "{msg}");
 }
 
 #[test]
 fn summary_table_aligns_columns() {
-    let records = vec![AuditRecord::Growth(event(5)), AuditRecord::Growth(event(12345))];
+    let records = vec![
+        AuditRecord::Growth(event(5)),
+        AuditRecord::Growth(event(12345)),
+    ];
     let table = summary_table(&records);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 3);
@@ -109,7 +141,9 @@ fn child_writer_role_only_runs_when_asked() {
         return;
     };
     let mut log = AuditLog::open(&path).expect("child opens log");
-    let abort_after = std::env::var(MODE_ENV).ok().and_then(|m| m.parse::<u64>().ok());
+    let abort_after = std::env::var(MODE_ENV)
+        .ok()
+        .and_then(|m| m.parse::<u64>().ok());
     for step in 0.. {
         log.growth(event(step)).expect("child writes");
         if abort_after == Some(step + 1) {
@@ -120,10 +154,15 @@ fn child_writer_role_only_runs_when_asked() {
 
 fn spawn_writer(path: &PathBuf, mode: Option<&str>) -> std::process::Child {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-    cmd.args(["child_writer_role_only_runs_when_asked", "--exact", "--nocapture", "--test-threads=1"])
-        .env(WRITER_ENV, path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "child_writer_role_only_runs_when_asked",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(WRITER_ENV, path)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     if let Some(m) = mode {
         cmd.env(MODE_ENV, m);
     }
@@ -143,8 +182,15 @@ fn a_writer_killed_mid_run_leaves_a_log_whose_lines_all_parse() {
     let path = tmp("killed");
     let mut child = spawn_writer(&path, None);
     let start = Instant::now();
-    while std::fs::read_to_string(&path).map(|t| t.lines().count()).unwrap_or(0) < 200 {
-        assert!(start.elapsed() < Duration::from_secs(60), "child wrote too little");
+    while std::fs::read_to_string(&path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 200
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "child wrote too little"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().expect("kill");

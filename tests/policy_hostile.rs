@@ -42,12 +42,23 @@ fn every_hostile_file_gives_a_clean_error_naming_file_and_place() {
         .map(|e| e.expect("entry").path())
         .collect();
     files.sort();
-    assert_eq!(files.len(), EXPECTED.len(), "every corpus file has an expectation");
+    assert_eq!(
+        files.len(),
+        EXPECTED.len(),
+        "every corpus file has an expectation"
+    );
     for path in files {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         let err = load_spec(&path).expect_err(&name);
         let msg = err.to_string();
-        assert!(msg.contains(&name), "{name}: message does not name the file: {msg}");
+        assert!(
+            msg.contains(&name),
+            "{name}: message does not name the file: {msg}"
+        );
         match &err {
             PolicyError::Syntax { line, col, .. } => assert!(*line >= 1 && *col >= 1, "{msg}"),
             PolicyError::Invalid { path, .. } => assert!(!path.is_empty(), "{msg}"),
@@ -68,12 +79,17 @@ fn validate_for_rejects_layers_the_model_does_not_have() {
     .expect("valid without a model");
     assert!(spec.validate_for(3).is_ok());
     let msg = spec.validate_for(2).expect_err("layer 2 of 2").to_string();
-    assert!(msg.contains("Schedule.events[0].target") && msg.contains("does not exist"), "{msg}");
+    assert!(
+        msg.contains("Schedule.events[0].target") && msg.contains("does not exist"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn missing_file_is_an_io_error_naming_it() {
-    let msg = load_spec(dir("policies/no_such_file.ron")).expect_err("missing").to_string();
+    let msg = load_spec(dir("policies/no_such_file.ron"))
+        .expect_err("missing")
+        .to_string();
     assert!(msg.contains("no_such_file.ron"), "{msg}");
 }
 
@@ -95,9 +111,21 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
         any::<usize>().prop_map(Mutation::Truncate),
-        (any::<usize>(), prop::collection::vec(
-            prop_oneof![Just(b'('), Just(b'['), Just(b')'), Just(b','), Just(b'9'), any::<u8>()], 1..40)
-        ).prop_map(|(i, v)| Mutation::Insert(i, v)),
+        (
+            any::<usize>(),
+            prop::collection::vec(
+                prop_oneof![
+                    Just(b'('),
+                    Just(b'['),
+                    Just(b')'),
+                    Just(b','),
+                    Just(b'9'),
+                    any::<u8>()
+                ],
+                1..40
+            )
+        )
+            .prop_map(|(i, v)| Mutation::Insert(i, v)),
     ]
 }
 

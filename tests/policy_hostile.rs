@@ -22,7 +22,10 @@ const EXPECTED: &[(&str, &str)] = &[
     ("huge_int_2_pow_70.ron", "patience"),
     ("k_zero.ron", "Schedule.events[0].size"),
     ("max_events_zero.ron", "Limits.max_events"),
-    ("max_width_below_fixed_size.ron", "Limits.max_width"),
+    (
+        "max_width_below_fixed_size.ron",
+        "smaller than the fixed size 32 at Limits.policy.Schedule.events[0].size",
+    ),
     ("mirror_pairs_odd_k.ron", "even k"),
     ("nan_threshold.ron", "GradNorm.rules[0].cross"),
     ("negative_threshold.ron", "Plateau.threshold.Rel"),

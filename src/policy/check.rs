@@ -59,7 +59,8 @@ impl Checker {
                 fail(path, format!("MirrorPairs needs an even k, got {k}"))
             }
             Size::Fixed(k) => {
-                self.fixed.push((path.to_string(), k));
+                self.fixed
+                    .push((path.trim_start_matches('.').to_string(), k));
                 Ok(())
             }
             Size::Fraction(f) if f.is_finite() && f > 0.0 && f <= 10.0 => Ok(()),

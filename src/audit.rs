@@ -161,7 +161,13 @@ impl AuditLog {
         self.file
             .write_all(line.as_bytes())
             .and_then(|()| self.file.flush())
-            .and_then(|()| if self.sync { self.file.sync_data() } else { Ok(()) })
+            .and_then(|()| {
+                if self.sync {
+                    self.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(|source| io_err(&self.path, source))
     }
 

@@ -14,7 +14,12 @@ fn _obj_safe(_: Box<dyn GrowthPolicy>) {}
 fn at(steps: &[u64], layer: usize, k: usize) -> Box<dyn GrowthPolicy> {
     let events = steps
         .iter()
-        .map(|&s| Event { at: At::Step(s), target: Target::Layer(layer), size: Size::Fixed(k), init: Init::ZerosOut })
+        .map(|&s| Event {
+            at: At::Step(s),
+            target: Target::Layer(layer),
+            size: Size::Fixed(k),
+            init: Init::ZerosOut,
+        })
         .collect();
     Box::new(Schedule::new(ScheduleSpec { events }))
 }
@@ -43,8 +48,13 @@ fn any_of_takes_the_first_that_fires_and_every_child_still_observes() {
     let mut p = AnyOf(vec![at(&[3], 0, 1), at(&[3, 6], 0, 2)]);
     let fired = common::run(&mut p, &flat(10));
     // Step 3: both fire, the first wins; the second's step-3 event was consumed (it observed).
-    assert_eq!(fired.iter().map(|(i, d)| (*i, d.policy.as_str(), d.growths[0].k)).collect::<Vec<_>>(),
-        vec![(3, "any_of[0]/schedule", 1), (6, "any_of[1]/schedule", 2)]);
+    assert_eq!(
+        fired
+            .iter()
+            .map(|(i, d)| (*i, d.policy.as_str(), d.growths[0].k))
+            .collect::<Vec<_>>(),
+        vec![(3, "any_of[0]/schedule", 1), (6, "any_of[1]/schedule", 2)]
+    );
 }
 
 #[test]
@@ -81,12 +91,15 @@ fn sequence_moves_on_after_n_applied_growths_and_refusals_do_not_count() {
     }
     // Stage 0 fires at 1 (refused), 2, 3 (applied: 2 -> next stage). Stage 1 only starts
     // observing at step 4, so its step-0 event fires late, at 4, then its stage is done.
-    assert_eq!(log, vec![
-        (1, "sequence[0]/schedule".to_string(), 1),
-        (2, "sequence[0]/schedule".to_string(), 1),
-        (3, "sequence[0]/schedule".to_string(), 1),
-        (4, "sequence[1]/schedule".to_string(), 9),
-    ]);
+    assert_eq!(
+        log,
+        vec![
+            (1, "sequence[0]/schedule".to_string(), 1),
+            (2, "sequence[0]/schedule".to_string(), 1),
+            (3, "sequence[0]/schedule".to_string(), 1),
+            (4, "sequence[1]/schedule".to_string(), 9),
+        ]
+    );
 }
 
 fn limited(spec: LimitsSpec, inner: Box<dyn GrowthPolicy>) -> Limits {
@@ -95,12 +108,21 @@ fn limited(spec: LimitsSpec, inner: Box<dyn GrowthPolicy>) -> Limits {
 
 #[test]
 fn limits_clamp_k_to_max_width_and_drop_a_full_layer_with_a_declined_record() {
-    let mut p = limited(LimitsSpec { max_width: Some(40), ..Default::default() }, at(&[0, 1], 0, 16));
+    let mut p = limited(
+        LimitsSpec {
+            max_width: Some(40),
+            ..Default::default()
+        },
+        at(&[0, 1], 0, 16),
+    );
     let d = p.observe(&m(0, 1.0)).expect("room for 8");
     assert_eq!(d.growths[0].k, 8);
     assert!(d.reason.contains("max_width 40"));
     p.on_growth(&d);
-    let full = Metrics { widths: vec![40], ..m(1, 1.0) };
+    let full = Metrics {
+        widths: vec![40],
+        ..m(1, 1.0)
+    };
     assert!(p.observe(&full).is_none());
     let declined = p.take_declined();
     assert_eq!(declined.len(), 1);
@@ -112,7 +134,13 @@ fn limits_clamp_k_to_max_width_and_drop_a_full_layer_with_a_declined_record() {
 fn limits_clamp_by_params_using_neighbour_widths() {
     // 64 -> 32 -> 10: one unit costs 64 + 1 + 10 = 75 parameters.
     let base = m(0, 1.0).params;
-    let mut p = limited(LimitsSpec { max_params: Some(base + 75 * 3 + 74), ..Default::default() }, at(&[0], 0, 10));
+    let mut p = limited(
+        LimitsSpec {
+            max_params: Some(base + 75 * 3 + 74),
+            ..Default::default()
+        },
+        at(&[0], 0, 10),
+    );
     let d = p.observe(&m(0, 1.0)).expect("room for 3 units");
     assert_eq!(d.growths[0].k, 3);
     assert_eq!(d.evidence["limits.params_after"], (base + 225) as f64);
@@ -121,15 +149,32 @@ fn limits_clamp_by_params_using_neighbour_widths() {
 #[test]
 fn limits_round_mirror_pairs_down_to_even() {
     let inner = Box::new(Schedule::new(ScheduleSpec {
-        events: vec![Event { at: At::Step(0), target: Target::Layer(0), size: Size::Fixed(8), init: Init::MirrorPairs }],
+        events: vec![Event {
+            at: At::Step(0),
+            target: Target::Layer(0),
+            size: Size::Fixed(8),
+            init: Init::MirrorPairs,
+        }],
     }));
-    let mut p = limited(LimitsSpec { max_width: Some(37), ..Default::default() }, inner);
+    let mut p = limited(
+        LimitsSpec {
+            max_width: Some(37),
+            ..Default::default()
+        },
+        inner,
+    );
     assert_eq!(p.observe(&m(0, 1.0)).map(|d| d.growths[0].k), Some(4));
 }
 
 #[test]
 fn limits_stop_after_max_events_applied_not_decided() {
-    let mut p = limited(LimitsSpec { max_events: Some(2), ..Default::default() }, plateau(1, 0));
+    let mut p = limited(
+        LimitsSpec {
+            max_events: Some(2),
+            ..Default::default()
+        },
+        plateau(1, 0),
+    );
     let mut applied = 0;
     for (i, x) in flat(20).iter().enumerate() {
         if let Some(d) = p.observe(x) {
@@ -142,25 +187,45 @@ fn limits_stop_after_max_events_applied_not_decided() {
         }
     }
     assert_eq!(applied, 2);
-    assert!(p.take_declined().iter().all(|d| d.why.contains("max_events 2")));
+    assert!(p
+        .take_declined()
+        .iter()
+        .all(|d| d.why.contains("max_events 2")));
 }
 
 #[test]
 fn limits_stop_once_flops_reach_max_flops() {
     // common::m reports step * 1e6 FLOPs.
-    let mut p = limited(LimitsSpec { max_flops: Some(5e6), ..Default::default() }, at(&[2, 4, 5, 6], 0, 1));
+    let mut p = limited(
+        LimitsSpec {
+            max_flops: Some(5e6),
+            ..Default::default()
+        },
+        at(&[2, 4, 5, 6], 0, 1),
+    );
     assert_eq!(fire_steps(&mut p, &flat(10)), vec![2, 4]);
 }
 
 #[test]
 fn limits_over_any_of_keep_the_branch_label_and_route_growth() {
     let mut p = limited(
-        LimitsSpec { max_width: Some(1000), ..Default::default() },
+        LimitsSpec {
+            max_width: Some(1000),
+            ..Default::default()
+        },
         Box::new(AnyOf(vec![at(&[100], 0, 1), plateau(1, 3)])),
     );
     let fired = common::run(&mut p, &flat(8));
-    assert_eq!(fired.iter().map(|(i, d)| (*i, d.policy.clone())).collect::<Vec<_>>(),
-        vec![(1, "any_of[1]/plateau".to_string()), (5, "any_of[1]/plateau".to_string())]);
+    assert_eq!(
+        fired
+            .iter()
+            .map(|(i, d)| (*i, d.policy.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (1, "any_of[1]/plateau".to_string()),
+            (5, "any_of[1]/plateau".to_string())
+        ]
+    );
     _obj_safe(Box::new(p));
 }
 
@@ -168,14 +233,25 @@ fn limits_over_any_of_keep_the_branch_label_and_route_growth() {
 fn combinator_state_saved_mid_stream_gives_the_same_decisions() {
     let build = || -> Box<dyn GrowthPolicy> {
         Box::new(Limits::new(
-            LimitsSpec { max_events: Some(12), ..Default::default() },
+            LimitsSpec {
+                max_events: Some(12),
+                ..Default::default()
+            },
             Box::new(Sequence::new(vec![
                 (at(&[5, 10], 0, 2), 2),
-                (Box::new(AnyOf(vec![plateau(4, 3), Box::new(AllOf::new(vec![at(&[40], 0, 1), plateau(2, 0)]))])), 10),
+                (
+                    Box::new(AnyOf(vec![
+                        plateau(4, 3),
+                        Box::new(AllOf::new(vec![at(&[40], 0, 1), plateau(2, 0)])),
+                    ])),
+                    10,
+                ),
             ])),
         ))
     };
-    let stream: Vec<Metrics> = (0..120).map(|i| m(i, 1.0 + ((i * 7) % 5) as f64 * 0.01)).collect();
+    let stream: Vec<Metrics> = (0..120)
+        .map(|i| m(i, 1.0 + ((i * 7) % 5) as f64 * 0.01))
+        .collect();
     for cut in [3, 12, 41, 60] {
         assert_resume_equivalent(build, &stream, cut);
     }

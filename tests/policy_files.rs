@@ -19,16 +19,30 @@ fn policy_files() -> Vec<PathBuf> {
 fn the_four_shipped_policy_files_exist() {
     let names: Vec<String> = policy_files()
         .iter()
-        .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
-    assert_eq!(names, ["combined.ron", "gradnorm.ron", "plateau.ron", "schedule.ron"]);
+    assert_eq!(
+        names,
+        [
+            "combined.ron",
+            "gradnorm.ron",
+            "plateau.ron",
+            "schedule.ron"
+        ]
+    );
 }
 
 #[test]
 fn every_policy_file_loads_and_validates_for_one_hidden_layer() {
     for p in policy_files() {
         let spec = load_spec(&p).unwrap_or_else(|e| panic!("{e}"));
-        spec.validate_for(1).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        spec.validate_for(1)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert!(load_policy(&p).is_ok());
     }
 }
@@ -38,7 +52,8 @@ fn every_policy_file_round_trips_through_to_ron() {
     for p in policy_files() {
         let spec = load_spec(&p).unwrap_or_else(|e| panic!("{e}"));
         let text = spec.to_ron().unwrap_or_else(|e| panic!("{e}"));
-        let again = PolicySpec::from_ron(&text, "round-trip").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let again =
+            PolicySpec::from_ron(&text, "round-trip").unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(spec, again, "{}", p.display());
         assert_eq!(again.to_ron().ok(), Some(text));
     }

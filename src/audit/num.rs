@@ -31,7 +31,9 @@ fn from_num<E: serde::de::Error>(n: Num) -> Result<f64, E> {
             "NaN" => Ok(f64::NAN),
             "inf" => Ok(f64::INFINITY),
             "-inf" => Ok(f64::NEG_INFINITY),
-            _ => Err(E::custom(format!("expected a number, NaN, inf or -inf, got {s:?}"))),
+            _ => Err(E::custom(format!(
+                "expected a number, NaN, inf or -inf, got {s:?}"
+            ))),
         },
     }
 }

@@ -10,8 +10,16 @@ fn opt(v: Option<f64>) -> String {
 /// `step epoch kind layer width params loss_before loss_after policy reason`.
 pub fn summary_table(records: &[AuditRecord]) -> String {
     let header = [
-        "step", "epoch", "kind", "layer", "width", "params", "loss_before", "loss_after",
-        "policy", "reason",
+        "step",
+        "epoch",
+        "kind",
+        "layer",
+        "width",
+        "params",
+        "loss_before",
+        "loss_after",
+        "policy",
+        "reason",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for r in records {
@@ -32,7 +40,11 @@ pub fn summary_table(records: &[AuditRecord]) -> String {
                 d.step.to_string(),
                 d.epoch.to_string(),
                 "declined".into(),
-                d.layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(","),
+                d.layers
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 "-".into(),
                 "-".into(),
                 "-".into(),

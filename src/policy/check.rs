@@ -59,7 +59,8 @@ impl Checker {
                 fail(path, format!("MirrorPairs needs an even k, got {k}"))
             }
             Size::Fixed(k) => {
-                self.fixed.push((path.to_string(), k));
+                self.fixed
+                    .push((path.trim_start_matches('.').to_string(), k));
                 Ok(())
             }
             Size::Fraction(f) if f.is_finite() && f > 0.0 && f <= 10.0 => Ok(()),
@@ -90,7 +91,10 @@ impl Checker {
         }
         if let Some(t) = &s.test {
             if t.window < 3 {
-                return fail(&format!("{p}.test.window"), format!("must be >= 3, got {}", t.window));
+                return fail(
+                    &format!("{p}.test.window"),
+                    format!("must be >= 3, got {}", t.window),
+                );
             }
             unit_interval(&format!("{p}.test.confidence"), t.confidence, false)?;
         }
@@ -113,7 +117,10 @@ impl Checker {
                 Cross::Above(x) | Cross::Below(x) => non_negative(&format!("{rp}.cross"), x)?,
                 Cross::AboveMean { factor, alpha } | Cross::BelowMean { factor, alpha } => {
                     if !(factor.is_finite() && factor > 0.0) {
-                        return fail(&format!("{rp}.cross.factor"), format!("must be > 0, got {factor}"));
+                        return fail(
+                            &format!("{rp}.cross.factor"),
+                            format!("must be > 0, got {factor}"),
+                        );
                     }
                     unit_interval(&format!("{rp}.cross.alpha"), alpha, true)?;
                 }
@@ -144,7 +151,11 @@ impl Checker {
                 Ok(())
             }
             PolicySpec::AnyOf(v) | PolicySpec::AllOf(v) => {
-                let tag = if matches!(spec, PolicySpec::AnyOf(_)) { "AnyOf" } else { "AllOf" };
+                let tag = if matches!(spec, PolicySpec::AnyOf(_)) {
+                    "AnyOf"
+                } else {
+                    "AllOf"
+                };
                 if v.is_empty() {
                     return fail(&format!("{path}.{tag}"), "needs at least one policy");
                 }
@@ -180,11 +191,17 @@ impl Checker {
                     return fail(&format!("{p}.max_params"), "0 leaves no room to grow");
                 }
                 if *max_events == Some(0) {
-                    return fail(&format!("{p}.max_events"), "0 means the policy can never grow");
+                    return fail(
+                        &format!("{p}.max_events"),
+                        "0 means the policy can never grow",
+                    );
                 }
                 if let Some(f) = *max_flops {
                     if !(f.is_finite() && f > 0.0) {
-                        return fail(&format!("{p}.max_flops"), format!("must be finite and > 0, got {f}"));
+                        return fail(
+                            &format!("{p}.max_flops"),
+                            format!("must be finite and > 0, got {f}"),
+                        );
                     }
                 }
                 let before = self.fixed.len();

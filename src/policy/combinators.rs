@@ -35,10 +35,17 @@ fn load_all(
     if states.len() != children.len() {
         return Err(PolicyError::State {
             policy: name.to_string(),
-            reason: format!("{} child states for {} children", states.len(), children.len()),
+            reason: format!(
+                "{} child states for {} children",
+                states.len(),
+                children.len()
+            ),
         });
     }
-    children.iter_mut().zip(&states).try_for_each(|(c, s)| c.load_state(s))
+    children
+        .iter_mut()
+        .zip(&states)
+        .try_for_each(|(c, s)| c.load_state(s))
 }
 
 fn names(children: &[Box<dyn GrowthPolicy>]) -> String {
@@ -127,9 +134,18 @@ impl GrowthPolicy for AllOf {
             growths: Vec::new(),
             policy: format!(
                 "all_of[{}]",
-                self.pending.iter().map(|d| d.policy.as_str()).collect::<Vec<_>>().join(",")
+                self.pending
+                    .iter()
+                    .map(|d| d.policy.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
-            reason: self.pending.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>().join("; "),
+            reason: self
+                .pending
+                .iter()
+                .map(|d| d.reason.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
             evidence: Default::default(),
         };
         for (i, d) in self.pending.iter().enumerate() {
@@ -147,19 +163,30 @@ impl GrowthPolicy for AllOf {
     }
 
     fn on_growth(&mut self, _applied: &Decision) {
-        for (c, d) in self.children.iter_mut().zip(std::mem::take(&mut self.pending)) {
+        for (c, d) in self
+            .children
+            .iter_mut()
+            .zip(std::mem::take(&mut self.pending))
+        {
             c.on_growth(&d);
         }
     }
 
     fn on_refused(&mut self, _refused: &Decision, why: &str) {
-        for (c, d) in self.children.iter_mut().zip(std::mem::take(&mut self.pending)) {
+        for (c, d) in self
+            .children
+            .iter_mut()
+            .zip(std::mem::take(&mut self.pending))
+        {
             c.on_refused(&d, why);
         }
     }
 
     fn take_declined(&mut self) -> Vec<Declined> {
-        self.children.iter_mut().flat_map(|c| c.take_declined()).collect()
+        self.children
+            .iter_mut()
+            .flat_map(|c| c.take_declined())
+            .collect()
     }
 
     fn name(&self) -> String {
@@ -231,11 +258,18 @@ impl GrowthPolicy for Sequence {
     }
 
     fn take_declined(&mut self) -> Vec<Declined> {
-        self.stages.iter_mut().flat_map(|(c, _)| c.take_declined()).collect()
+        self.stages
+            .iter_mut()
+            .flat_map(|(c, _)| c.take_declined())
+            .collect()
     }
 
     fn name(&self) -> String {
-        let v: Vec<String> = self.stages.iter().map(|(c, n)| format!("{}x{n}", c.name())).collect();
+        let v: Vec<String> = self
+            .stages
+            .iter()
+            .map(|(c, n)| format!("{}x{n}", c.name()))
+            .collect();
         format!("sequence[{}]", v.join(","))
     }
 
@@ -249,7 +283,11 @@ impl GrowthPolicy for Sequence {
         if states.len() != self.stages.len() {
             return Err(PolicyError::State {
                 policy: "sequence".into(),
-                reason: format!("{} stage states for {} stages", states.len(), self.stages.len()),
+                reason: format!(
+                    "{} stage states for {} stages",
+                    states.len(),
+                    self.stages.len()
+                ),
             });
         }
         for ((c, _), st) in self.stages.iter_mut().zip(&states) {

@@ -16,9 +16,10 @@ use super::{PlateauSpec, PolicyError, Schedule, ScheduleSpec, Sequence};
 /// Deepest nesting of combinators and [`PolicySpec::Limits`] accepted.
 pub const MAX_DEPTH: usize = 32;
 
-/// RON's own nesting limit while parsing (each policy level uses about two), so that hostile
-/// input is refused before it can exhaust the stack.
-const RON_RECURSION_LIMIT: usize = 4 * MAX_DEPTH;
+/// RON's own nesting limit while parsing (each `AnyOf([..])` level uses 4), so that hostile
+/// input is refused before it can exhaust the stack; set to twice [`MAX_DEPTH`] policy levels
+/// so that moderately deep specs reach the clearer semantic check.
+const RON_RECURSION_LIMIT: usize = 8 * MAX_DEPTH;
 
 /// A policy as written in a RON file. Build the running policy with [`PolicySpec::build`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -77,18 +78,27 @@ impl PolicySpec {
     pub fn from_ron(s: &str, origin: &str) -> Result<Self, PolicyError> {
         let spec: PolicySpec = options().from_str(s).map_err(|e| {
             let line = e.span.start.line;
+            // Up to 80 characters of the offending line around the error column.
+            let skip = e.span.start.col.saturating_sub(41);
             let near = s
                 .lines()
                 .nth(line.saturating_sub(1))
-                .map(|l| l.trim())
+                .map(|l| l.chars().skip(skip).take(80).collect::<String>())
+                .map(|l| l.trim().to_string())
                 .filter(|l| !l.is_empty())
-                .map(|l| format!(" (near `{}`)", l.chars().take(80).collect::<String>()))
+                .map(|l| format!(" (near `{l}`)"))
                 .unwrap_or_default();
             PolicyError::Syntax {
                 origin: origin.to_string(),
                 line,
                 col: e.span.start.col,
-                message: e.code.to_string(),
+                message: match e.code {
+                    ron::Error::ExceededRecursionLimit => format!(
+                        "nested too deeply (RON recursion limit {RON_RECURSION_LIMIT}; policies \
+                         may nest at most {MAX_DEPTH} levels)"
+                    ),
+                    code => code.to_string(),
+                },
                 near,
             }
         })?;

@@ -137,7 +137,10 @@ pub(crate) fn growths_for(target: &Target, size: &Size, init: &Init, m: &Metrics
 /// Build an evidence map from `(name, value)` pairs, replacing non-finite values by the
 /// nearest finite one (NaN by 0) so the map always serialises to JSON.
 pub(crate) fn evidence<const N: usize>(pairs: [(&str, f64); N]) -> BTreeMap<String, f64> {
-    pairs.into_iter().map(|(k, v)| (k.to_string(), finite(v))).collect()
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), finite(v)))
+        .collect()
 }
 
 /// `v` if finite, `f64::MAX`/`f64::MIN` for infinities, 0 for NaN.

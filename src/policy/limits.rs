@@ -144,8 +144,10 @@ impl GrowthPolicy for Limits {
         if !notes.is_empty() {
             d.reason = format!("{} (limited: {})", d.reason, notes.join("; "));
         }
-        d.evidence.insert("limits.params_after".into(), params as f64);
-        d.evidence.insert("limits.events_before".into(), f64::from(self.state.events));
+        d.evidence
+            .insert("limits.params_after".into(), params as f64);
+        d.evidence
+            .insert("limits.events_before".into(), f64::from(self.state.events));
         if let Some(f) = self.spec.max_flops {
             d.evidence.insert("limits.max_flops".into(), finite(f));
         }

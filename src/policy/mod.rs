@@ -65,7 +65,7 @@ mod slope;
 
 pub use combinators::{AllOf, AnyOf, Sequence};
 pub use config::{load_policy, load_spec, policy_from_str, PolicySpec, StageSpec, MAX_DEPTH};
-pub use decision::{Declined, Decision, Growth, Size, Target};
+pub use decision::{Decision, Declined, Growth, Size, Target};
 pub use error::PolicyError;
 pub use gradnorm::{Cross, GradNorm, GradNormSpec, GradRule};
 pub use limits::{Limits, LimitsSpec};

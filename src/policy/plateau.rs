@@ -184,7 +184,11 @@ impl GrowthPolicy for Plateau {
             st.bad = 0;
             return None;
         }
-        st.bad = if improved { 0 } else { st.bad.saturating_add(1) };
+        st.bad = if improved {
+            0
+        } else {
+            st.bad.saturating_add(1)
+        };
         if st.bad < spec.patience {
             return None;
         }

@@ -43,7 +43,10 @@ pub fn slope_test(values: &[f64]) -> Option<SlopeResult> {
     let dof = nf - 2.0;
     let se = (sse / dof / sxx).sqrt();
     // Treat residuals at rounding level as an exact line.
-    let scale = values.iter().fold(0.0f64, |a, v| a.max(v.abs())).max(f64::MIN_POSITIVE);
+    let scale = values
+        .iter()
+        .fold(0.0f64, |a, v| a.max(v.abs()))
+        .max(f64::MIN_POSITIVE);
     if !se.is_finite() || se <= scale * 1e-12 {
         let (t, p_value) = if slope < 0.0 {
             (f64::MIN, 0.0)
@@ -75,7 +78,11 @@ mod tests {
         let r = slope_test(&[1.0, 0.9, 0.95, 0.7, 0.75]).expect("5 finite values");
         assert!((r.slope + 0.07).abs() < 1e-12);
         assert!((r.t + 2.857_738_033_247_041).abs() < 1e-9, "t = {}", r.t);
-        assert!((r.p_value - 0.032_348_421).abs() < 1e-7, "p = {}", r.p_value);
+        assert!(
+            (r.p_value - 0.032_348_421).abs() < 1e-7,
+            "p = {}",
+            r.p_value
+        );
     }
 
     #[test]

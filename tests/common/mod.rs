@@ -127,7 +127,11 @@ pub fn fire_steps(p: &mut dyn GrowthPolicy, stream: &[Metrics]) -> Vec<usize> {
 
 /// The decisions of one policy that never stops, and of one whose state goes through a JSON
 /// string at `cut` into a freshly built policy, must be identical.
-pub fn assert_resume_equivalent(build: impl Fn() -> Box<dyn GrowthPolicy>, stream: &[Metrics], cut: usize) {
+pub fn assert_resume_equivalent(
+    build: impl Fn() -> Box<dyn GrowthPolicy>,
+    stream: &[Metrics],
+    cut: usize,
+) {
     let mut straight = build();
     let expected = run(straight.as_mut(), stream);
     let mut first = build();
@@ -136,7 +140,11 @@ pub fn assert_resume_equivalent(build: impl Fn() -> Box<dyn GrowthPolicy>, strea
     let mut resumed = build();
     let value: serde_json::Value = serde_json::from_str(&text).expect("state parses");
     resumed.load_state(&value).expect("state loads");
-    got.extend(run(resumed.as_mut(), &stream[cut..]).into_iter().map(|(i, d)| (i + cut, d)));
+    got.extend(
+        run(resumed.as_mut(), &stream[cut..])
+            .into_iter()
+            .map(|(i, d)| (i + cut, d)),
+    );
     assert!(!expected.is_empty(), "the stream must make the policy fire");
     assert!(
         expected.iter().any(|(i, _)| *i >= cut),

@@ -56,7 +56,10 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Captures `mlp` (and optionally an optimizer's state and step count).
-    pub fn of<E: Real, D: Device<E>>(mlp: &Mlp<E, D>, optimizer: Option<(&ModelState<E>, u64)>) -> Self {
+    pub fn of<E: Real, D: Device<E>>(
+        mlp: &Mlp<E, D>,
+        optimizer: Option<(&ModelState<E>, u64)>,
+    ) -> Self {
         let f = |x: &E| x.to_f64().unwrap_or(f64::NAN);
         let mut tensors = Vec::new();
         mlp.visit(&mut |p| {
@@ -79,7 +82,10 @@ impl Checkpoint {
     /// half-written checkpoint behind).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), CheckpointError> {
         let path = path.as_ref();
-        let io = |source| CheckpointError::Io { path: path.display().to_string(), source };
+        let io = |source| CheckpointError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let text = serde_json::to_string(self).map_err(|e| io(std::io::Error::other(e)))?;
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text).map_err(io)?;
@@ -90,15 +96,25 @@ impl Checkpoint {
     pub fn load(path: impl AsRef<Path>) -> Result<Self, CheckpointError> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io { path: name.clone(), source })?;
-        let c: Checkpoint = serde_json::from_str(&text).map_err(|e| CheckpointError::Format { path: name.clone(), reason: e.to_string() })?;
-        c.check().map_err(|reason| CheckpointError::Format { path: name, reason })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        let c: Checkpoint = serde_json::from_str(&text).map_err(|e| CheckpointError::Format {
+            path: name.clone(),
+            reason: e.to_string(),
+        })?;
+        c.check()
+            .map_err(|reason| CheckpointError::Format { path: name, reason })?;
         Ok(c)
     }
 
     fn check(&self) -> Result<(), String> {
         if self.version != FORMAT_VERSION {
-            return Err(format!("version {} (this build reads {FORMAT_VERSION})", self.version));
+            return Err(format!(
+                "version {} (this build reads {FORMAT_VERSION})",
+                self.version
+            ));
         }
         if self.widths.len() < 2 || self.widths.contains(&0) {
             return Err(format!("invalid widths {:?}", self.widths));
@@ -110,12 +126,22 @@ impl Checkpoint {
             .collect();
         let found: Vec<usize> = self.tensors.iter().map(Vec::len).collect();
         if expected != found {
-            return Err(format!("tensor sizes {found:?} do not match widths {:?}", self.widths));
+            return Err(format!(
+                "tensor sizes {found:?} do not match widths {:?}",
+                self.widths
+            ));
         }
         if let Some(s) = &self.optimizer {
-            let dims: Vec<(usize, usize)> = self.widths.windows(2).flat_map(|w| [(w[1], w[0]), (w[1], 1)]).collect();
+            let dims: Vec<(usize, usize)> = self
+                .widths
+                .windows(2)
+                .flat_map(|w| [(w[1], w[0]), (w[1], 1)])
+                .collect();
             let state_dims: Vec<(usize, usize)> = s.tensors.iter().map(|t| t.dims).collect();
-            let sizes_ok = s.tensors.iter().all(|t| t.buffers.iter().all(|b| b.len() == t.dims.0 * t.dims.1));
+            let sizes_ok = s
+                .tensors
+                .iter()
+                .all(|t| t.buffers.iter().all(|b| b.len() == t.dims.0 * t.dims.1));
             if state_dims != dims || !sizes_ok {
                 return Err("optimizer state does not match the model".into());
             }
@@ -125,20 +151,34 @@ impl Checkpoint {
 
     /// The saved optimizer state converted to `E`, with its step count.
     pub fn optimizer_state<E: Real>(&self) -> Option<(ModelState<E>, u64)> {
-        self.optimizer
-            .as_ref()
-            .map(|s| (s.map(|x| E::from_f64(*x).unwrap_or_else(E::zero)), self.optimizer_steps))
+        self.optimizer.as_ref().map(|s| {
+            (
+                s.map(|x| E::from_f64(*x).unwrap_or_else(E::zero)),
+                self.optimizer_steps,
+            )
+        })
     }
 
     /// Builds the model on `dev`.
     pub fn to_mlp<E: Real, D: Device<E>>(&self, dev: &D) -> Result<Mlp<E, D>, CheckpointError> {
-        let fmt = |reason: String| CheckpointError::Format { path: String::new(), reason };
+        let fmt = |reason: String| CheckpointError::Format {
+            path: String::new(),
+            reason,
+        };
         self.check().map_err(fmt)?;
-        let cast = |v: &Vec<f64>| v.iter().map(|x| E::from_f64(*x).unwrap_or_else(E::zero)).collect::<Vec<E>>();
+        let cast = |v: &Vec<f64>| {
+            v.iter()
+                .map(|x| E::from_f64(*x).unwrap_or_else(E::zero))
+                .collect::<Vec<E>>()
+        };
         let mut layers = Vec::new();
         for (i, w) in self.widths.windows(2).enumerate() {
-            let weight = dev.try_tensor_from_vec(cast(&self.tensors[2 * i]), (w[1], w[0])).map_err(|e| fmt(format!("{e:?}")))?;
-            let bias = dev.try_tensor_from_vec(cast(&self.tensors[2 * i + 1]), (w[1],)).map_err(|e| fmt(format!("{e:?}")))?;
+            let weight = dev
+                .try_tensor_from_vec(cast(&self.tensors[2 * i]), (w[1], w[0]))
+                .map_err(|e| fmt(format!("{e:?}")))?;
+            let bias = dev
+                .try_tensor_from_vec(cast(&self.tensors[2 * i + 1]), (w[1],))
+                .map_err(|e| fmt(format!("{e:?}")))?;
             layers.push(Linear::from_parts(weight, bias).map_err(|e| fmt(e.to_string()))?);
         }
         Mlp::from_layers(layers, self.activation).map_err(|e| fmt(e.to_string()))

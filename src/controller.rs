@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditError, AuditLog, GrowthEvent};
 use crate::optim::Optimizer;
-use crate::policy::{Declined, Decision, GrowthPolicy, Metrics, PolicyError};
+use crate::policy::{Decision, Declined, GrowthPolicy, Metrics, PolicyError};
 use crate::{ExpansionReport, GrowError, Mlp, Params, Probe, Real};
 
 /// Why the controller did not carry out a decision, or could not record it.

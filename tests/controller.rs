@@ -12,7 +12,9 @@ use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
 use dfdx_grow::policy::{load_policy, policy_from_str};
 use dfdx_grow::rand::{seq::SliceRandom, SeedableRng};
-use dfdx_grow::{Activation, ControllerError, GrowError, GrowthController, Loss, Matrix, Mlp, Params, Probe};
+use dfdx_grow::{
+    Activation, ControllerError, GrowError, GrowthController, Loss, Matrix, Mlp, Params, Probe,
+};
 
 fn batch(dev: &Cpu, ds: &Dataset, idx: &[usize]) -> (Matrix<f32, Cpu>, Matrix<f32, Cpu>) {
     let mut x = Vec::new();
@@ -21,7 +23,10 @@ fn batch(dev: &Cpu, ds: &Dataset, idx: &[usize]) -> (Matrix<f32, Cpu>, Matrix<f3
         x.extend_from_slice(ds.row(i));
         y[r * ds.n_classes + ds.labels[i] as usize] = 1.0;
     }
-    (dev.tensor_from_vec(x, (idx.len(), ds.n_features)), dev.tensor_from_vec(y, (idx.len(), ds.n_classes)))
+    (
+        dev.tensor_from_vec(x, (idx.len(), ds.n_features)),
+        dev.tensor_from_vec(y, (idx.len(), ds.n_classes)),
+    )
 }
 
 /// A 64-32-10 MLP learning the digits with Adam; the controller sees the train loss every
@@ -44,7 +49,8 @@ impl Trainer {
         let dev = Cpu::default();
         let split = stratified_split(&digits().unwrap(), 0.2, seed).unwrap();
         let mut rng = dfdx_grow::rand::rngs::StdRng::seed_from_u64(seed);
-        let mlp = Mlp::<f32, Cpu>::new(&[64, 32, 10], Activation::Relu, &dev, &mut rng).with_max_width(256);
+        let mlp = Mlp::<f32, Cpu>::new(&[64, 32, 10], Activation::Relu, &dev, &mut rng)
+            .with_max_width(256);
         let (px, py) = batch(&dev, &split.train, &(0..256).collect::<Vec<_>>());
         let val = batch(&dev, &split.val, &(0..split.val.len()).collect::<Vec<_>>());
         let order = (0..split.train.len()).collect::<Vec<_>>();
@@ -56,7 +62,10 @@ impl Trainer {
             rng,
             mlp,
             opt: Adam::<f32>::new(AdamConfig::default()).unwrap(),
-            probe: Probe { input: px, target: Some((py, Loss::CrossEntropy)) },
+            probe: Probe {
+                input: px,
+                target: Some((py, Loss::CrossEntropy)),
+            },
             val,
             epoch: 0,
         }
@@ -69,17 +78,31 @@ impl Trainer {
                 self.cursor = 0;
                 self.epoch += 1;
             }
-            let (x, y) = batch(&self.dev, &self.train, &self.order[self.cursor..self.cursor + 64]);
+            let (x, y) = batch(
+                &self.dev,
+                &self.train,
+                &self.order[self.cursor..self.cursor + 64],
+            );
             self.cursor += 64;
             let grads = self.mlp.try_alloc_grads().unwrap();
             let loss = cross_entropy_with_logits_loss(self.mlp.forward(x.traced(grads)), y);
             let train_loss = loss.as_vec()[0] as f64;
             let mut grads = loss.backward();
             self.opt.update(&mut self.mlp, &mut grads).unwrap();
-            let val = (step % 25 == 0).then(|| Loss::CrossEntropy.value(self.mlp.forward(self.val.0.clone()), &self.val.1));
+            let val = (step % 25 == 0).then(|| {
+                Loss::CrossEntropy.value(self.mlp.forward(self.val.0.clone()), &self.val.1)
+            });
             let flops = step as f64 * dfdx_grow::flops::train_step(&self.mlp.widths(), 64, 12.0);
-            let m = GrowthController::metrics(&self.mlp, step, self.epoch, train_loss, val, Some(&mut grads), flops)
-                .unwrap();
+            let m = GrowthController::metrics(
+                &self.mlp,
+                step,
+                self.epoch,
+                train_loss,
+                val,
+                Some(&mut grads),
+                flops,
+            )
+            .unwrap();
             // Limits may decline a growth (that is logged, not an error); any refusal is a bug.
             if let Err(e) = ctl.observe(&m, &mut self.mlp, &mut self.opt, Some(&self.probe)) {
                 panic!("step {step}: {e}");
@@ -108,32 +131,66 @@ fn temp_log(name: &str) -> PathBuf {
 #[test]
 fn every_policy_file_grows_a_digits_model_without_raising_the_probe_loss() {
     let files = policy_files();
-    assert!(files.len() >= 4, "policies/ should hold at least four files");
+    assert!(
+        files.len() >= 4,
+        "policies/ should hold at least four files"
+    );
     for file in files {
         let log_path = temp_log(&file.file_stem().unwrap().to_string_lossy());
-        let mut ctl = GrowthController::new(load_policy(&file).unwrap(), 1).with_audit(AuditLog::open(&log_path).unwrap());
+        let mut ctl = GrowthController::new(load_policy(&file).unwrap(), 1)
+            .with_audit(AuditLog::open(&log_path).unwrap());
         let mut t = Trainer::new(1);
         t.run(&mut ctl, 1..=3000);
         let events = ctl.events();
-        assert!(!events.is_empty(), "{}: no growth in 3000 steps", file.display());
+        assert!(
+            !events.is_empty(),
+            "{}: no growth in 3000 steps",
+            file.display()
+        );
         assert!(t.mlp.widths()[1] > 32);
         for e in events {
             let (before, after) = (e.loss_before.unwrap(), e.loss_after.unwrap());
-            assert!(after <= before + 1e-6 * before.abs(), "{}: loss rose {before} -> {after}", file.display());
+            assert!(
+                after <= before + 1e-6 * before.abs(),
+                "{}: loss rose {before} -> {after}",
+                file.display()
+            );
             assert!(e.new_width > e.old_width && e.params_after > e.params_before);
         }
         // One log line per growth, each with every field.
         let records = AuditLog::read(&log_path).unwrap();
-        let growths: Vec<_> = records.iter().filter_map(|r| match r { AuditRecord::Growth(g) => Some(g), _ => None }).collect();
+        let growths: Vec<_> = records
+            .iter()
+            .filter_map(|r| match r {
+                AuditRecord::Growth(g) => Some(g),
+                _ => None,
+            })
+            .collect();
         assert_eq!(growths.len(), events.len());
         let text = std::fs::read_to_string(&log_path).unwrap();
         for line in text.lines().filter(|l| l.contains("\"kind\":\"growth\"")) {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             for field in [
-                "step", "epoch", "layer", "old_width", "new_width", "init", "policy", "reason", "evidence",
-                "params_before", "params_after", "loss_before", "loss_after", "flops",
+                "step",
+                "epoch",
+                "layer",
+                "old_width",
+                "new_width",
+                "init",
+                "policy",
+                "reason",
+                "evidence",
+                "params_before",
+                "params_after",
+                "loss_before",
+                "loss_after",
+                "flops",
             ] {
-                assert!(v.get(field).is_some(), "{}: field {field} missing in {line}", file.display());
+                assert!(
+                    v.get(field).is_some(),
+                    "{}: field {field} missing in {line}",
+                    file.display()
+                );
             }
         }
         let _ = std::fs::remove_file(&log_path);
@@ -144,7 +201,8 @@ fn every_policy_file_grows_a_digits_model_without_raising_the_probe_loss() {
 fn a_growth_the_model_refuses_is_an_error_and_changes_nothing() {
     let dev = Cpu::default();
     let mut rng = rng(3);
-    let mut mlp = Mlp::<f32, Cpu>::new(&[4, 8, 2], Activation::Relu, &dev, &mut rng).with_max_width(10);
+    let mut mlp =
+        Mlp::<f32, Cpu>::new(&[4, 8, 2], Activation::Relu, &dev, &mut rng).with_max_width(10);
     let mut opt = Adam::<f32>::new(AdamConfig::default()).unwrap();
     let x = input::<f32>(&dev, 8, 4, &mut rng);
     let y = one_hot::<f32>(&dev, 8, 2, &mut rng);
@@ -161,7 +219,16 @@ fn a_growth_the_model_refuses_is_an_error_and_changes_nothing() {
         let m = GrowthController::metrics(&mlp, s, 0, 1.0, None, None, 0.0).unwrap();
         let r = ctl.observe(&m, &mut mlp, &mut opt, None);
         if s == 2 {
-            assert!(matches!(r, Err(ControllerError::Refused { source: GrowError::WidthCap { cap: 10, .. }, .. })), "{r:?}");
+            assert!(
+                matches!(
+                    r,
+                    Err(ControllerError::Refused {
+                        source: GrowError::WidthCap { cap: 10, .. },
+                        ..
+                    })
+                ),
+                "{r:?}"
+            );
         } else {
             assert!(r.unwrap().is_empty());
         }
@@ -170,7 +237,10 @@ fn a_growth_the_model_refuses_is_an_error_and_changes_nothing() {
     assert_eq!(opt.state(), &state);
     assert!(ctl.events().is_empty());
     let records = AuditLog::read(&log_path).unwrap();
-    assert!(matches!(records.as_slice(), [AuditRecord::Declined(_)]), "{records:?}");
+    assert!(
+        matches!(records.as_slice(), [AuditRecord::Declined(_)]),
+        "{records:?}"
+    );
     let _ = std::fs::remove_file(&log_path);
 }
 
@@ -185,7 +255,10 @@ fn a_growth_that_raises_the_probe_loss_is_undone() {
     for _ in 0..50 {
         step(&mut mlp, &mut opt, &x, &y);
     }
-    let probe = Probe { input: x.clone(), target: Some((y.clone(), Loss::CrossEntropy)) };
+    let probe = Probe {
+        input: x.clone(),
+        target: Some((y.clone(), Loss::CrossEntropy)),
+    };
     let policy = policy_from_str(
         "Schedule(events: [(at: Step(1), target: Layer(0), size: Fixed(8), init: CopyHalveNoise(std: 5.0))])",
         "inline",
@@ -203,7 +276,9 @@ fn a_growth_that_raises_the_probe_loss_is_undone() {
 #[test]
 fn a_resumed_controller_grows_exactly_as_one_that_never_stopped() {
     for name in ["schedule.ron", "combined.ron", "plateau.ron"] {
-        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").join(name);
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("policies")
+            .join(name);
         let build = || GrowthController::new(load_policy(&file).unwrap(), 9);
         let mut straight = build();
         let mut a = Trainer::new(2);
@@ -215,11 +290,17 @@ fn a_resumed_controller_grows_exactly_as_one_that_never_stopped() {
         // Stop: the controller's state goes through JSON into one rebuilt from the file.
         let json = serde_json::to_string(&first.state()).unwrap();
         let mut resumed = build();
-        resumed.restore(&serde_json::from_str(&json).unwrap()).unwrap();
+        resumed
+            .restore(&serde_json::from_str(&json).unwrap())
+            .unwrap();
         b.run(&mut resumed, 901..=2000);
 
         assert!(!straight.events().is_empty(), "{name}: nothing to compare");
         assert_eq!(resumed.events(), straight.events(), "{name}");
-        assert_eq!(snapshot(&b.mlp), snapshot(&a.mlp), "{name}: the models differ");
+        assert_eq!(
+            snapshot(&b.mlp),
+            snapshot(&a.mlp),
+            "{name}: the models differ"
+        );
     }
 }

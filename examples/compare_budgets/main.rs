@@ -71,24 +71,51 @@ fn setup(a: &Args) -> Result<(Split, usize, usize, Settings, PathBuf), String> {
         "digits" => {
             let ds = data::digits::digits().map_err(|e| e.to_string())?;
             let split = data::stratified_split(&ds, 0.2, a.seed).map_err(|e| e.to_string())?;
-            let s = Settings { steps: a.steps.unwrap_or(3000), batch: 64, lr: 1e-3, eval_every: 25, seed: a.seed };
+            let s = Settings {
+                steps: a.steps.unwrap_or(3000),
+                batch: 64,
+                lr: 1e-3,
+                eval_every: 25,
+                seed: a.seed,
+            };
             Ok((split, 32, 256, s, root.join("policies")))
         }
         "fashion-mnist" => {
-            let dir = a.data_dir.clone().unwrap_or_else(|| data::idx::FASHION_MNIST_DIR.into());
+            let dir = a
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| data::idx::FASHION_MNIST_DIR.into());
             let (train, val) = data::idx::load_fashion_mnist(&dir).map_err(|e| e.to_string())?;
             // 10 epochs of 60,000 images at batch 128.
-            let s = Settings { steps: a.steps.unwrap_or(4690), batch: 128, lr: 1e-3, eval_every: 100, seed: a.seed };
-            Ok((Split { train, val }, 64, 1024, s, root.join("policies/fashion-mnist")))
+            let s = Settings {
+                steps: a.steps.unwrap_or(4690),
+                batch: 128,
+                lr: 1e-3,
+                eval_every: 100,
+                seed: a.seed,
+            };
+            Ok((
+                Split { train, val },
+                64,
+                1024,
+                s,
+                root.join("policies/fashion-mnist"),
+            ))
         }
-        other => Err(format!("unknown data set {other:?}: use digits or fashion-mnist")),
+        other => Err(format!(
+            "unknown data set {other:?}: use digits or fashion-mnist"
+        )),
     }
 }
 
 fn run() -> Result<(), String> {
     let a = parse_args()?;
     let (split, small, large, settings, policy_dir) = setup(&a)?;
-    let policies = if a.policies.is_empty() { ron_files(&policy_dir)? } else { a.policies.clone() };
+    let policies = if a.policies.is_empty() {
+        ron_files(&policy_dir)?
+    } else {
+        a.policies.clone()
+    };
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
     let (d, c) = (split.train.n_features, split.train.n_classes);
     eprintln!(
@@ -105,10 +132,21 @@ fn run() -> Result<(), String> {
     };
     let mut runs = Vec::new();
     for (name, hidden) in [("static-small", small), ("static-large", large)] {
-        runs.push(train::train(name, &split, &[d, hidden, c], large, None, &settings, &mut progress)?);
+        runs.push(train::train(
+            name,
+            &split,
+            &[d, hidden, c],
+            large,
+            None,
+            &settings,
+            &mut progress,
+        )?);
     }
     for file in &policies {
-        let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let policy = load_policy(file).map_err(|e| e.to_string())?;
         let log_path = a.out.join(format!("audit-{stem}.jsonl"));
         // The log is append-only: start each comparison with a fresh one.
@@ -116,7 +154,15 @@ fn run() -> Result<(), String> {
         let log = AuditLog::open(&log_path).map_err(|e| e.to_string())?;
         let ctl = GrowthController::new(policy, settings.seed).with_audit(log);
         let name = format!("grown-{stem}");
-        runs.push(train::train(&name, &split, &[d, small, c], large, Some(ctl), &settings, &mut progress)?);
+        runs.push(train::train(
+            &name,
+            &split,
+            &[d, small, c],
+            large,
+            Some(ctl),
+            &settings,
+            &mut progress,
+        )?);
     }
     summary::report(&runs, &a.out, &a.dataset)
 }

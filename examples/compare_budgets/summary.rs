@@ -45,13 +45,29 @@ fn fmt_flops(f: f64) -> String {
 }
 
 pub fn report(runs: &[Run], out: &Path, dataset: &str) -> Result<(), String> {
-    let large = runs.iter().find(|r| r.name == "static-large").ok_or("no static-large run")?;
-    let target = large.curve.last().map(|p| p.val_loss).ok_or("static-large has no evaluation")?;
+    let large = runs
+        .iter()
+        .find(|r| r.name == "static-large")
+        .ok_or("no static-large run")?;
+    let target = large
+        .curve
+        .last()
+        .map(|p| p.val_loss)
+        .ok_or("static-large has no evaluation")?;
     let rows: Vec<Row> = runs
         .iter()
         .map(|r| {
-            let last = r.curve.last().cloned().unwrap_or(Point { step: 0, flops: 0.0, val_loss: f64::NAN, val_accuracy: 0.0 });
-            let reach = r.curve.iter().find(|p| p.step > 0 && p.val_loss <= target).map(|p| p.flops);
+            let last = r.curve.last().cloned().unwrap_or(Point {
+                step: 0,
+                flops: 0.0,
+                val_loss: f64::NAN,
+                val_accuracy: 0.0,
+            });
+            let reach = r
+                .curve
+                .iter()
+                .find(|p| p.step > 0 && p.val_loss <= target)
+                .map(|p| p.flops);
             let gaps: Vec<f64> = r
                 .curve
                 .iter()
@@ -62,7 +78,11 @@ pub fn report(runs: &[Run], out: &Path, dataset: &str) -> Result<(), String> {
                 name: r.name.clone(),
                 final_val_loss: last.val_loss,
                 final_val_accuracy: last.val_accuracy,
-                best_val_loss: r.curve.iter().map(|p| p.val_loss).fold(f64::INFINITY, f64::min),
+                best_val_loss: r
+                    .curve
+                    .iter()
+                    .map(|p| p.val_loss)
+                    .fold(f64::INFINITY, f64::min),
                 train_flops: r.train_flops,
                 flops_to_target: reach,
                 flops_to_target_ratio: reach.map(|f| f / large.train_flops),
@@ -70,8 +90,10 @@ pub fn report(runs: &[Run], out: &Path, dataset: &str) -> Result<(), String> {
                 growth_events: r.marks.len(),
                 refused_decisions: r.refused,
                 final_widths: r.final_widths.clone(),
-                gap_vs_large_at_equal_flops_final: large_at(&large.curve, last.flops).map(|l| last.val_loss - l),
-                gap_vs_large_at_equal_flops_mean: (!gaps.is_empty()).then(|| gaps.iter().sum::<f64>() / gaps.len() as f64),
+                gap_vs_large_at_equal_flops_final: large_at(&large.curve, last.flops)
+                    .map(|l| last.val_loss - l),
+                gap_vs_large_at_equal_flops_mean: (!gaps.is_empty())
+                    .then(|| gaps.iter().sum::<f64>() / gaps.len() as f64),
                 curve: r.curve.clone(),
             }
         })
@@ -81,7 +103,16 @@ pub fn report(runs: &[Run], out: &Path, dataset: &str) -> Result<(), String> {
     println!("target = static-large's final validation loss: {target:.4}");
     println!(
         "{:<22} {:>9} {:>9} {:>8} {:>11} {:>11} {:>8} {:>8} {:>7} {:>9}",
-        "run", "val loss", "best", "val acc", "train FLOPs", "to target", "ratio", "gap@eqF", "wall s", "growths"
+        "run",
+        "val loss",
+        "best",
+        "val acc",
+        "train FLOPs",
+        "to target",
+        "ratio",
+        "gap@eqF",
+        "wall s",
+        "growths"
     );
     for r in &rows {
         println!(
@@ -92,15 +123,22 @@ pub fn report(runs: &[Run], out: &Path, dataset: &str) -> Result<(), String> {
             r.final_val_accuracy,
             fmt_flops(r.train_flops),
             r.flops_to_target.map_or("never".into(), fmt_flops),
-            r.flops_to_target_ratio.map_or("-".into(), |x| format!("{x:.3}")),
-            r.gap_vs_large_at_equal_flops_final.map_or("-".into(), |g| format!("{g:+.4}")),
+            r.flops_to_target_ratio
+                .map_or("-".into(), |x| format!("{x:.3}")),
+            r.gap_vs_large_at_equal_flops_final
+                .map_or("-".into(), |g| format!("{g:+.4}")),
             r.wall_s,
             r.growth_events
         );
     }
     println!("(ratio: FLOPs to reach the target / static-large's training FLOPs; gap@eqF: val loss minus static-large's at the same FLOPs)");
-    let small_reaches = rows.iter().any(|r| r.name == "static-small" && r.flops_to_target.is_some());
-    let large_best = rows.iter().find(|r| r.name == "static-large").map_or(target, |r| r.best_val_loss);
+    let small_reaches = rows
+        .iter()
+        .any(|r| r.name == "static-small" && r.flops_to_target.is_some());
+    let large_best = rows
+        .iter()
+        .find(|r| r.name == "static-large")
+        .map_or(target, |r| r.best_val_loss);
     if small_reaches {
         println!("NOTE: static-small also reaches the target, so the target is too easy to show a compute saving: a grown run reaching it says little.");
     }
@@ -126,7 +164,17 @@ pub fn report(runs: &[Run], out: &Path, dataset: &str) -> Result<(), String> {
         std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
     };
     write("summary.json", &json)?;
-    write("loss_vs_flops.svg", &crate::plot::svg(runs, Some(target), &format!("{dataset}: validation loss against training FLOPs")))?;
-    println!("wrote {}/summary.json, loss_vs_flops.svg and the audit logs", out.display());
+    write(
+        "loss_vs_flops.svg",
+        &crate::plot::svg(
+            runs,
+            Some(target),
+            &format!("{dataset}: validation loss against training FLOPs"),
+        ),
+    )?;
+    println!(
+        "wrote {}/summary.json, loss_vs_flops.svg and the audit logs",
+        out.display()
+    );
     Ok(())
 }

@@ -84,6 +84,63 @@ pub fn evaluate(dev: &Cpu, mlp: &Mlp<f32, Cpu>, ds: &Dataset) -> (f64, f64) {
     (loss / ds.len() as f64, correct as f64 / ds.len() as f64)
 }
 
+/// The batches of one run: a seeded shuffle of the training set each epoch.
+pub struct Batches<'a> {
+    dev: Cpu,
+    data: &'a Dataset,
+    size: usize,
+    rng: StdRng,
+    order: Vec<usize>,
+    cursor: usize,
+    /// Epochs started so far.
+    pub epoch: u64,
+}
+
+impl<'a> Batches<'a> {
+    pub fn new(data: &'a Dataset, size: usize, rng: StdRng) -> Self {
+        let order: Vec<usize> = (0..data.len()).collect();
+        Self {
+            dev: Cpu::default(),
+            data,
+            size,
+            rng,
+            cursor: order.len(),
+            order,
+            epoch: 0,
+        }
+    }
+
+    /// The next batch, reshuffling at each epoch's start.
+    pub fn next_batch(&mut self) -> (M, M) {
+        if self.cursor + self.size > self.order.len() {
+            self.order.shuffle(&mut self.rng);
+            self.cursor = 0;
+            self.epoch += 1;
+        }
+        self.cursor += self.size;
+        batch(
+            &self.dev,
+            self.data,
+            &self.order[self.cursor - self.size..self.cursor],
+        )
+    }
+}
+
+/// One Adam step on `(x, y)`; returns the training loss and the gradients.
+pub fn adam_step(
+    mlp: &mut Mlp<f32, Cpu>,
+    opt: &mut Adam<f32>,
+    x: M,
+    y: M,
+) -> Result<(f64, Gradients<f32, Cpu>), String> {
+    let grads = mlp.try_alloc_grads().map_err(|e| e.to_string())?;
+    let loss = cross_entropy_with_logits_loss(mlp.forward(x.traced(grads)), y);
+    let train_loss = loss.as_vec()[0] as f64;
+    let mut grads = loss.backward();
+    opt.update(mlp, &mut grads).map_err(|e| e.to_string())?;
+    Ok((train_loss, grads))
+}
+
 /// Trains an MLP of `sizes` on `data` for `s.steps` steps of Adam, growing it through
 /// `controller` when one is given. The data order, init and optimizer depend only on the seed,
 /// so every run of a comparison sees the same batches.
@@ -101,37 +158,37 @@ pub fn train(
     let mut mlp = Mlp::<f32, Cpu>::try_new(sizes, Activation::Relu, &dev, &mut rng)
         .map_err(|e| e.to_string())?
         .with_max_width(max_width);
-    let mut opt = Adam::<f32>::new(AdamConfig { lr: s.lr, ..Default::default() }).map_err(|e| e.to_string())?;
+    let mut opt = Adam::<f32>::new(AdamConfig {
+        lr: s.lr,
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
     let train_set = &data.train;
     let probe_idx: Vec<usize> = (0..train_set.len().min(512)).collect();
     let (px, py) = batch(&dev, train_set, &probe_idx);
-    let probe = Probe { input: px, target: Some((py, Loss::CrossEntropy)) };
+    let probe = Probe {
+        input: px,
+        target: Some((py, Loss::CrossEntropy)),
+    };
 
-    let mut order: Vec<usize> = (0..train_set.len()).collect();
-    let mut cursor = order.len();
-    let mut epoch = 0u64;
+    // The shuffles continue the init's random stream.
+    let mut batches = Batches::new(train_set, s.batch, rng);
     let mut spent = 0.0;
     let (mut curve, mut marks, mut refused) = (Vec::new(), Vec::new(), 0);
     let start = Instant::now();
     let eval = |mlp: &Mlp<f32, Cpu>, step: usize, spent: f64| {
         let (val_loss, val_accuracy) = evaluate(&dev, mlp, &data.val);
-        Point { step, flops: spent, val_loss, val_accuracy }
+        Point {
+            step,
+            flops: spent,
+            val_loss,
+            val_accuracy,
+        }
     };
     curve.push(eval(&mlp, 0, 0.0));
     for step in 1..=s.steps {
-        if cursor + s.batch > order.len() {
-            order.shuffle(&mut rng);
-            cursor = 0;
-            epoch += 1;
-        }
-        let (x, y) = batch(&dev, train_set, &order[cursor..cursor + s.batch]);
-        cursor += s.batch;
-
-        let grads = mlp.try_alloc_grads().map_err(|e| e.to_string())?;
-        let loss = cross_entropy_with_logits_loss(mlp.forward(x.traced(grads)), y);
-        let train_loss = loss.as_vec()[0] as f64;
-        let mut grads = loss.backward();
-        opt.update(&mut mlp, &mut grads).map_err(|e| e.to_string())?;
+        let (x, y) = batches.next_batch();
+        let (train_loss, mut grads) = adam_step(&mut mlp, &mut opt, x, y)?;
         spent += flops::train_step(&mlp.widths(), s.batch, flops::ADAM_UPDATE_FLOPS);
 
         let evaluated = step % s.eval_every == 0 || step == s.steps;
@@ -142,8 +199,16 @@ pub fn train(
         }
         if let Some(ctl) = controller.as_mut() {
             let val = evaluated.then(|| curve[curve.len() - 1].val_loss);
-            let m = GrowthController::metrics(&mlp, step as u64, epoch, train_loss, val, Some(&mut grads), spent)
-                .map_err(|e| e.to_string())?;
+            let m = GrowthController::metrics(
+                &mlp,
+                step as u64,
+                batches.epoch,
+                train_loss,
+                val,
+                Some(&mut grads),
+                spent,
+            )
+            .map_err(|e| e.to_string())?;
             // What the policy's statistics cost: a slope window and the gradient norms.
             spent += flops::policy_observation(100, mlp.num_params());
             match ctl.observe(&m, &mut mlp, &mut opt, Some(&probe)) {
@@ -151,7 +216,12 @@ pub fn train(
                     for e in events {
                         spent += flops::growth(e.params_after, 2)
                             + 2.0 * flops::forward(&mlp.widths(), probe_idx.len());
-                        marks.push(Mark { step: e.step, flops: spent, layer: e.layer, new_width: e.new_width });
+                        marks.push(Mark {
+                            step: e.step,
+                            flops: spent,
+                            layer: e.layer,
+                            new_width: e.new_width,
+                        });
                     }
                 }
                 Err(e) => {

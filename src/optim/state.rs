@@ -126,7 +126,11 @@ impl<E> ModelState<E> {
                 .iter()
                 .map(|t| TensorState {
                     dims: t.dims,
-                    buffers: t.buffers.iter().map(|b| b.iter().map(&f).collect()).collect(),
+                    buffers: t
+                        .buffers
+                        .iter()
+                        .map(|b| b.iter().map(&f).collect())
+                        .collect(),
                     rows: t.rows.clone(),
                     cols: t.cols.clone(),
                 })

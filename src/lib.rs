@@ -38,6 +38,11 @@ pub use mlp::{Mlp, Probe, DEFAULT_MAX_WIDTH};
 pub use params::{Matrix, ParamMut, ParamRef, Params, Vector};
 pub use report::ExpansionReport;
 
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// The element types the crate computes in: dfdx dtypes with floating-point operations
 /// (`f32` and `f64`).
 pub trait Real: dfdx::prelude::Dtype + num_traits::Float {}

@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Trains `static-small`, `static-large` and one `grown-<policy>` run per policy file with the
-//! same seed, data order, optimizer and learning rate; prints a table and writes
+//! same seed, data order, optimizer and learning rate (grown runs train on until they have
+//! spent static-large's FLOPs, or for the same steps with `--same-steps`); prints a table and
+//! writes
 //! `summary.json`, `audit-<policy>.jsonl` and `loss_vs_flops.svg` to `--out`.
 
 mod plot;
@@ -33,10 +35,11 @@ struct Args {
     out: PathBuf,
     seed: u64,
     steps: Option<usize>,
+    same_steps: bool,
 }
 
 const USAGE: &str = "usage: compare_budgets [--dataset digits|fashion-mnist] [--data-dir DIR] \
-[--policy FILE]... [--out DIR] [--seed N] [--steps N]";
+[--policy FILE]... [--out DIR] [--seed N] [--steps N] [--same-steps]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -46,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         out: PathBuf::from("target/compare_budgets"),
         seed: 0,
         steps: None,
+        same_steps: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
             "--out" => a.out = value()?.into(),
             "--seed" => a.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--steps" => a.steps = Some(value()?.parse().map_err(|e| format!("--steps: {e}"))?),
+            "--same-steps" => a.same_steps = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
@@ -72,6 +77,7 @@ fn setup(a: &Args) -> Result<(Split, usize, usize, Settings, PathBuf), String> {
             let ds = data::digits::digits().map_err(|e| e.to_string())?;
             let split = data::stratified_split(&ds, 0.2, a.seed).map_err(|e| e.to_string())?;
             let s = Settings {
+                flops_budget: None,
                 steps: a.steps.unwrap_or(3000),
                 batch: 64,
                 lr: 1e-3,
@@ -88,6 +94,7 @@ fn setup(a: &Args) -> Result<(Split, usize, usize, Settings, PathBuf), String> {
             let (train, val) = data::idx::load_fashion_mnist(&dir).map_err(|e| e.to_string())?;
             // 10 epochs of 60,000 images at batch 128.
             let s = Settings {
+                flops_budget: None,
                 steps: a.steps.unwrap_or(4690),
                 batch: 128,
                 lr: 1e-3,
@@ -142,6 +149,12 @@ fn run() -> Result<(), String> {
             &mut progress,
         )?);
     }
+    // Grown runs get static-large's compute budget: they train until they have spent its
+    // FLOPs (their steps are cheaper), unless --same-steps asks for equal step counts.
+    let grown_settings = Settings {
+        flops_budget: (!a.same_steps).then_some(runs[1].train_flops),
+        ..settings.clone()
+    };
     for file in &policies {
         let stem = file
             .file_stem()
@@ -152,7 +165,9 @@ fn run() -> Result<(), String> {
         // The log is append-only: start each comparison with a fresh one.
         let _ = std::fs::remove_file(&log_path);
         // Once a layer is at its cap, a policy may keep asking: log every 20th refusal.
-        let log = AuditLog::open(&log_path).map_err(|e| e.to_string())?.with_declined_every(20);
+        let log = AuditLog::open(&log_path)
+            .map_err(|e| e.to_string())?
+            .with_declined_every(20);
         let ctl = GrowthController::new(policy, settings.seed).with_audit(log);
         let name = format!("grown-{stem}");
         runs.push(train::train(
@@ -161,7 +176,7 @@ fn run() -> Result<(), String> {
             &[d, small, c],
             large,
             Some(ctl),
-            &settings,
+            &grown_settings,
             &mut progress,
         )?);
     }

@@ -12,6 +12,9 @@ use dfdx_grow::{flops, Activation, GrowthController, Loss, Mlp, Params, Probe};
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub steps: usize,
+    /// When set, the run goes on past `steps` (up to 3x) until it has spent this many
+    /// training FLOPs: grown runs get the static large model's compute budget.
+    pub flops_budget: Option<f64>,
     pub batch: usize,
     pub lr: f64,
     pub eval_every: usize,
@@ -186,12 +189,21 @@ pub fn train(
         }
     };
     curve.push(eval(&mlp, 0, 0.0));
-    for step in 1..=s.steps {
+    let last_step = if s.flops_budget.is_some() {
+        3 * s.steps
+    } else {
+        s.steps
+    };
+    for step in 1..=last_step {
+        let done = step == last_step
+            || s.flops_budget.is_some_and(|b| {
+                spent + flops::train_step(&mlp.widths(), s.batch, flops::ADAM_UPDATE_FLOPS) > b
+            });
         let (x, y) = batches.next_batch();
         let (train_loss, mut grads) = adam_step(&mut mlp, &mut opt, x, y)?;
         spent += flops::train_step(&mlp.widths(), s.batch, flops::ADAM_UPDATE_FLOPS);
 
-        let evaluated = step % s.eval_every == 0 || step == s.steps;
+        let evaluated = step % s.eval_every == 0 || done;
         if evaluated {
             let p = eval(&mlp, step, spent);
             progress(name, &p, &mlp.widths());
@@ -229,6 +241,9 @@ pub fn train(
                     eprintln!("  {name}: step {step}: {e}");
                 }
             }
+        }
+        if done {
+            break;
         }
     }
     Ok(Run {

@@ -243,7 +243,9 @@ impl GrowthController {
         }
         if let (Some(first), Some(last)) = (reports.first(), reports.last()) {
             if let (Some(before), Some(after)) = (first.loss_before, last.loss_after) {
-                if !(after <= before + self.loss_tolerance * before.abs().max(1e-12)) {
+                // A NaN loss after growth counts as a rise.
+                let allowed = before + self.loss_tolerance * before.abs().max(1e-12);
+                if after.is_nan() || after > allowed {
                     *mlp = backup;
                     return Err(ControllerError::LossRose {
                         policy: d.policy.clone(),

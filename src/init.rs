@@ -1,6 +1,12 @@
 //! How the weights of newly added units are initialised.
 
+use rand::seq::index::sample;
+use rand::Rng;
+use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
+
+use crate::linear::{fan_in_bound, uniform};
+use crate::{Expandable, GrowError, Real};
 
 /// How new units are initialised when a hidden layer grows.
 ///
@@ -41,13 +47,6 @@ pub enum Init {
     /// Exact, and every new weight gets a non-zero gradient at the first step. Needs an even k.
     MirrorPairs,
 }
-
-use rand::seq::index::sample;
-use rand::Rng;
-use rand_distr::{Distribution, Normal};
-
-use crate::linear::{fan_in_bound, uniform};
-use crate::{Expandable, GrowError, Real};
 
 /// The weights that [`Init::plan`] chose for `k` new units.
 #[derive(Clone, Debug, PartialEq)]

@@ -130,7 +130,7 @@ fn run() -> Result<(), String> {
         a.dataset, split.train.len(), split.val.len(), settings.steps, settings.lr, settings.batch, small, large
     );
     let mut progress = |name: &str, p: &Point, widths: &[usize]| {
-        if p.step % (settings.eval_every * 20) == 0 || p.step == settings.steps {
+        if p.step.is_multiple_of(settings.eval_every * 20) || p.step == settings.steps {
             eprintln!(
                 "  {name:<24} step {:>5}  val loss {:.4}  acc {:.3}  widths {widths:?}",
                 p.step, p.val_loss, p.val_accuracy

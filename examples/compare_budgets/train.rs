@@ -203,7 +203,7 @@ pub fn train(
         let (train_loss, mut grads) = adam_step(&mut mlp, &mut opt, x, y)?;
         spent += flops::train_step(&mlp.widths(), s.batch, flops::ADAM_UPDATE_FLOPS);
 
-        let evaluated = step % s.eval_every == 0 || done;
+        let evaluated = step.is_multiple_of(s.eval_every) || done;
         if evaluated {
             let p = eval(&mlp, step, spent);
             progress(name, &p, &mlp.widths());

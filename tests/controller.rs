@@ -17,16 +17,7 @@ use dfdx_grow::{
 };
 
 fn batch(dev: &Cpu, ds: &Dataset, idx: &[usize]) -> (Matrix<f32, Cpu>, Matrix<f32, Cpu>) {
-    let mut x = Vec::new();
-    let mut y = vec![0.0f32; idx.len() * ds.n_classes];
-    for (r, &i) in idx.iter().enumerate() {
-        x.extend_from_slice(ds.row(i));
-        y[r * ds.n_classes + ds.labels[i] as usize] = 1.0;
-    }
-    (
-        dev.tensor_from_vec(x, (idx.len(), ds.n_features)),
-        dev.tensor_from_vec(y, (idx.len(), ds.n_classes)),
-    )
+    ds.batch(dev, idx)
 }
 
 /// A 64-32-10 MLP learning the digits with Adam; the controller sees the train loss every

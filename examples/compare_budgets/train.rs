@@ -55,16 +55,7 @@ type M = dfdx_grow::Matrix<f32, Cpu>;
 
 /// Rows `idx` of `ds` as an input matrix and one-hot targets.
 pub fn batch(dev: &Cpu, ds: &Dataset, idx: &[usize]) -> (M, M) {
-    let mut x = Vec::with_capacity(idx.len() * ds.n_features);
-    let mut y = vec![0.0f32; idx.len() * ds.n_classes];
-    for (r, &i) in idx.iter().enumerate() {
-        x.extend_from_slice(ds.row(i));
-        y[r * ds.n_classes + ds.labels[i] as usize] = 1.0;
-    }
-    (
-        dev.tensor_from_vec(x, (idx.len(), ds.n_features)),
-        dev.tensor_from_vec(y, (idx.len(), ds.n_classes)),
-    )
+    ds.batch(dev, idx)
 }
 
 /// Mean cross-entropy and accuracy of `mlp` on all of `ds`.

@@ -98,6 +98,39 @@ impl Dataset {
         &self.features[i * self.n_features..(i + 1) * self.n_features]
     }
 
+    /// Rows `indices` as a `(rows, n_features)` input matrix and `(rows, n_classes)` one-hot
+    /// targets on `dev`, ready for [`crate::Mlp`] and [`crate::Loss::CrossEntropy`].
+    ///
+    /// # Panics
+    /// If an index is out of range, like a slice.
+    ///
+    /// ```
+    /// use dfdx_grow::dfdx::prelude::*;
+    /// use dfdx_grow::data::digits::digits;
+    ///
+    /// let ds = digits().unwrap();
+    /// let (x, y) = ds.batch::<f32, Cpu>(&Cpu::default(), &[0, 1, 2]);
+    /// assert_eq!((*x.shape(), *y.shape()), ((3, 64), (3, 10)));
+    /// assert_eq!(y.as_vec().iter().sum::<f32>(), 3.0);
+    /// ```
+    pub fn batch<E: crate::Real, D: dfdx::prelude::Device<E>>(
+        &self,
+        dev: &D,
+        indices: &[usize],
+    ) -> (crate::Matrix<E, D>, crate::Matrix<E, D>) {
+        let cast = |v: f32| E::from_f32(v).unwrap_or_else(E::zero);
+        let mut x = Vec::with_capacity(indices.len() * self.n_features);
+        let mut y = vec![E::zero(); indices.len() * self.n_classes];
+        for (r, &i) in indices.iter().enumerate() {
+            x.extend(self.row(i).iter().map(|&v| cast(v)));
+            y[r * self.n_classes + usize::from(self.labels[i])] = E::one();
+        }
+        (
+            dev.tensor_from_vec(x, (indices.len(), self.n_features)),
+            dev.tensor_from_vec(y, (indices.len(), self.n_classes)),
+        )
+    }
+
     /// A new data set holding the given rows, in the given order (repeats allowed).
     ///
     /// ```

@@ -22,6 +22,7 @@ use std::process::ExitCode;
 
 use dfdx_grow::audit::AuditLog;
 use dfdx_grow::data::{self, Split};
+use dfdx_grow::optim::NewUnitSteps;
 use dfdx_grow::policy::load_policy;
 use dfdx_grow::GrowthController;
 
@@ -36,10 +37,11 @@ struct Args {
     seed: u64,
     steps: Option<usize>,
     same_steps: bool,
+    new_units: NewUnitSteps,
 }
 
 const USAGE: &str = "usage: compare_budgets [--dataset digits|fashion-mnist] [--data-dir DIR] \
-[--policy FILE]... [--out DIR] [--seed N] [--steps N] [--same-steps]";
+[--policy FILE]... [--out DIR] [--seed N] [--steps N] [--same-steps] [--adam-new-units cohort|global]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -50,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
         seed: 0,
         steps: None,
         same_steps: false,
+        new_units: NewUnitSteps::Cohort,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,6 +65,17 @@ fn parse_args() -> Result<Args, String> {
             "--seed" => a.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--steps" => a.steps = Some(value()?.parse().map_err(|e| format!("--steps: {e}"))?),
             "--same-steps" => a.same_steps = true,
+            "--adam-new-units" => {
+                a.new_units = match value()?.as_str() {
+                    "cohort" => NewUnitSteps::Cohort,
+                    "global" => NewUnitSteps::Global,
+                    other => {
+                        return Err(format!(
+                            "--adam-new-units: {other:?} is not cohort or global"
+                        ))
+                    }
+                }
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
@@ -78,6 +92,7 @@ fn setup(a: &Args) -> Result<(Split, usize, usize, Settings, PathBuf), String> {
             let split = data::stratified_split(&ds, 0.2, a.seed).map_err(|e| e.to_string())?;
             let s = Settings {
                 flops_budget: None,
+                new_units: a.new_units,
                 steps: a.steps.unwrap_or(3000),
                 batch: 64,
                 lr: 1e-3,
@@ -95,6 +110,7 @@ fn setup(a: &Args) -> Result<(Split, usize, usize, Settings, PathBuf), String> {
             // 10 epochs of 60,000 images at batch 128.
             let s = Settings {
                 flops_budget: None,
+                new_units: a.new_units,
                 steps: a.steps.unwrap_or(4690),
                 batch: 128,
                 lr: 1e-3,

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use dfdx_grow::data::{Dataset, Split};
 use dfdx_grow::dfdx::prelude::*;
-use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
+use dfdx_grow::optim::{Adam, AdamConfig, NewUnitSteps, Optimizer};
 use dfdx_grow::rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use dfdx_grow::{flops, Activation, GrowthController, Loss, Mlp, Params, Probe};
 
@@ -15,6 +15,9 @@ pub struct Settings {
     /// When set, the run goes on past `steps` (up to 3x) until it has spent this many
     /// training FLOPs: grown runs get the static large model's compute budget.
     pub flops_budget: Option<f64>,
+    /// The step count of new weights in Adam (the crate's per-cohort count, or the naive
+    /// global one).
+    pub new_units: NewUnitSteps,
     pub batch: usize,
     pub lr: f64,
     pub eval_every: usize,
@@ -154,6 +157,7 @@ pub fn train(
         .with_max_width(max_width);
     let mut opt = Adam::<f32>::new(AdamConfig {
         lr: s.lr,
+        new_units: s.new_units,
         ..Default::default()
     })
     .map_err(|e| e.to_string())?;

@@ -89,7 +89,7 @@ fn optimizer(dev: &Cpu) {
     let mut grads2 = grads.clone();
     let mut grads3 = grads.clone();
     let mut mlp2 = mlp.clone();
-    let mut mlp3 = mlp.clone();
+    let mlp3 = mlp.clone();
     let (mut p, mut g) = (vec![0.0f32; n], vec![0.0f32; n]);
     let mut g3 = vec![0.0f32; n];
     let src = vec![1.0f32; n];

@@ -1,7 +1,9 @@
 //! Walking a model's trainable tensors: the crate's stand-in for dfdx's `TensorCollection`,
 //! which cannot hold runtime-sized tensors.
 
-use dfdx::prelude::{Device, Dtype, Gradients, HasShape, Tensor};
+use std::any::Any;
+
+use dfdx::prelude::{Cpu, Device, Dtype, Gradients, HasShape, Shape, Tensor};
 
 use crate::GrowError;
 
@@ -58,6 +60,10 @@ impl<E: Dtype, D: Device<E>> ParamRef<'_, E, D> {
 
     /// Copies this tensor's gradient into `dst`; a tensor missing from `grads` gets zeros.
     pub fn grad_into(&self, grads: &mut Gradients<E, D>, dst: &mut [E]) -> Result<(), GrowError> {
+        if let Some(g) = self.cpu_grad(grads)? {
+            dst.copy_from_slice(g);
+            return Ok(());
+        }
         match self {
             ParamRef::Matrix(t) => {
                 grads.try_alloc_for(*t).map_err(GrowError::device)?;
@@ -71,12 +77,41 @@ impl<E: Dtype, D: Device<E>> ParamRef<'_, E, D> {
         Ok(())
     }
 
+    /// On the CPU device, this tensor's gradient borrowed in place (allocated as zeros if
+    /// missing); `None` on other devices. `Gradients::get` would clone the whole buffer.
+    pub(crate) fn cpu_grad<'g>(
+        &self,
+        grads: &'g mut Gradients<E, D>,
+    ) -> Result<Option<&'g [E]>, GrowError> {
+        match self {
+            ParamRef::Matrix(t) => cpu_grad(grads, *t),
+            ParamRef::Vector(t) => cpu_grad(grads, *t),
+        }
+    }
+
     fn alloc_grad(&self, grads: &mut Gradients<E, D>) -> Result<(), GrowError> {
         match self {
             ParamRef::Matrix(t) => grads.try_alloc_for(*t),
             ParamRef::Vector(t) => grads.try_alloc_for(*t),
         }
         .map_err(GrowError::device)
+    }
+}
+
+fn cpu_grad<'g, S: Shape, E: Dtype, D: Device<E>>(
+    grads: &'g mut Gradients<E, D>,
+    t: &Tensor<S, E, D>,
+) -> Result<Option<&'g [E]>, GrowError> {
+    let grads = (grads as &mut dyn Any).downcast_mut::<Gradients<E, Cpu>>();
+    let t = (t as &dyn Any).downcast_ref::<Tensor<S, E, Cpu>>();
+    match (grads, t) {
+        (Some(grads), Some(t)) => Ok(Some(
+            grads
+                .get_or_alloc_mut(t)
+                .map_err(GrowError::device)?
+                .as_slice(),
+        )),
+        _ => Ok(None),
     }
 }
 

@@ -112,6 +112,41 @@ impl<E: Real> Adam<E> {
     }
 }
 
+/// Adam on one block of elements sharing a step count: `k` is `[b1, b2, eps, lr, c1, c2]` with
+/// `c1`, `c2` the bias corrections. Kept a plain function of values (not a closure reading
+/// the configuration through a reference) so that the compiler vectorises the loop: inlined
+/// in the update's closure it ran about 5x slower.
+#[inline(never)]
+fn adam_block<E: Real>(
+    p: &mut [E],
+    g: &[E],
+    m: &mut [E],
+    v: &mut [E],
+    k: [E; 6],
+    weight_decay: Option<WeightDecay>,
+    lr_f64: f64,
+) {
+    let [b1, b2, eps, lr, c1, c2] = k;
+    let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
+    let it = p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut()));
+    for ((p, &g), (m, v)) in it {
+        // The same operations, in the same order, as dfdx's Adam kernel.
+        let mut g = g;
+        if let Some(WeightDecay::L2(wd)) = weight_decay {
+            g += cast(wd) * *p;
+        }
+        *m = *m * b1 + g * (E::one() - b1);
+        *v = *v * b2 + g.powi(2) * (E::one() - b2);
+        let m_hat = *m * c1;
+        let v_hat = *v * c2;
+        g = lr * m_hat / (v_hat.sqrt() + eps);
+        if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
+            g += cast(wd * lr_f64) * *p;
+        }
+        *p -= g;
+    }
+}
+
 impl<E: Real, D: Device<E>> Optimizer<E, D> for Adam<E> {
     fn sync(&mut self, model: &dyn Params<E, D>) -> Result<(), GrowError> {
         self.state.sync(&model.param_dims(), 2, self.steps)
@@ -150,26 +185,15 @@ impl<E: Real, D: Device<E>> Optimizer<E, D> for Adam<E> {
                     let c1 = (E::one() - b1.powi(t)).recip();
                     let c2 = (E::one() - b2.powi(t)).recip();
                     for range in ranges {
-                        let it = p[range.clone()]
-                            .iter_mut()
-                            .zip(&g[range.clone()])
-                            .zip(m[range.clone()].iter_mut().zip(v[range].iter_mut()));
-                        for ((p, &g), (m, v)) in it {
-                            // The same operations, in the same order, as dfdx's Adam kernel.
-                            let mut g = g;
-                            if let Some(WeightDecay::L2(wd)) = cfg.weight_decay {
-                                g += cast(wd) * *p;
-                            }
-                            *m = *m * b1 + g * (E::one() - b1);
-                            *v = *v * b2 + g.powi(2) * (E::one() - b2);
-                            let m_hat = *m * c1;
-                            let v_hat = *v * c2;
-                            g = lr * m_hat / (v_hat.sqrt() + eps);
-                            if let Some(WeightDecay::Decoupled(wd)) = cfg.weight_decay {
-                                g += cast(wd * cfg.lr) * *p;
-                            }
-                            *p -= g;
-                        }
+                        adam_block(
+                            &mut p[range.clone()],
+                            &g[range.clone()],
+                            &mut m[range.clone()],
+                            &mut v[range],
+                            [b1, b2, eps, lr, c1, c2],
+                            cfg.weight_decay,
+                            cfg.lr,
+                        );
                     }
                 });
                 st.buffers = bufs;

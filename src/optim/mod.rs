@@ -103,13 +103,24 @@ pub(crate) fn host_pass<E: Real, D: Device<E>>(
         }
         let n = p.as_ref().len();
         scratch.param.resize(n, E::zero());
-        scratch.grad.resize(n, E::zero());
         p.as_ref().copy_into(&mut scratch.param);
-        if let Err(e) = p.as_ref().grad_into(grads, &mut scratch.grad) {
-            result = Err(e);
-            return;
-        }
-        kernel(&mut state.tensors[i], &mut scratch.param, &scratch.grad);
+        // On the CPU the gradient is read in place; elsewhere it is copied to the host.
+        let grad = match p.as_ref().cpu_grad(grads) {
+            Ok(Some(g)) => g,
+            Ok(None) => {
+                scratch.grad.resize(n, E::zero());
+                if let Err(e) = p.as_ref().grad_into(grads, &mut scratch.grad) {
+                    result = Err(e);
+                    return;
+                }
+                &scratch.grad
+            }
+            Err(e) => {
+                result = Err(e);
+                return;
+            }
+        };
+        kernel(&mut state.tensors[i], &mut scratch.param, grad);
         p.copy_from(&scratch.param);
         i += 1;
     });

@@ -123,6 +123,12 @@ impl GrowthController {
         self.policy.as_ref()
     }
 
+    /// The policy, mutably (to drive it by hand; [`GrowthController::observe`] is the usual
+    /// way).
+    pub fn policy_mut(&mut self) -> &mut dyn GrowthPolicy {
+        self.policy.as_mut()
+    }
+
     /// Metrics describing `mlp` now, with the per-hidden-layer gradient norms taken from
     /// `grads` when given.
     #[allow(clippy::too_many_arguments)]

@@ -20,7 +20,7 @@ mod train;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use dfdx_grow::audit::AuditLog;
+use dfdx_grow::audit::{summary_table, AuditLog};
 use dfdx_grow::data::{self, Split};
 use dfdx_grow::optim::NewUnitSteps;
 use dfdx_grow::policy::load_policy;
@@ -172,10 +172,7 @@ fn run() -> Result<(), String> {
         ..settings.clone()
     };
     for file in &policies {
-        let stem = file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let stem = stem(file);
         let policy = load_policy(file).map_err(|e| e.to_string())?;
         let log_path = a.out.join(format!("audit-{stem}.jsonl"));
         // The log is append-only: start each comparison with a fresh one.
@@ -196,7 +193,21 @@ fn run() -> Result<(), String> {
             &mut progress,
         )?);
     }
-    summary::report(&runs, &a.out, &a.dataset)
+    summary::report(&runs, &a.out, &a.dataset)?;
+    for file in &policies {
+        let stem = stem(file);
+        let records =
+            AuditLog::read(a.out.join(format!("audit-{stem}.jsonl"))).map_err(|e| e.to_string())?;
+        println!("\naudit log of grown-{stem}:\n{}", summary_table(&records));
+    }
+    Ok(())
+}
+
+/// A policy file's name without its extension: `policies/plateau.ron` is `plateau`.
+fn stem(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn ron_files(dir: &Path) -> Result<Vec<PathBuf>, String> {

@@ -29,8 +29,13 @@ struct Row {
     curve: Vec<Point>,
 }
 
-/// Static-large's validation loss at `flops`, linearly interpolated (None past its end).
+/// Static-large's validation loss at `flops`, linearly interpolated; None past its end,
+/// except within 1 % of it (a grown run's budget can overshoot by its last growth's cost).
 fn large_at(large: &[Point], flops: f64) -> Option<f64> {
+    let last = large.last()?;
+    if flops > last.flops {
+        return (flops <= 1.01 * last.flops).then_some(last.val_loss);
+    }
     let i = large.iter().position(|p| p.flops >= flops)?;
     if i == 0 {
         return Some(large[0].val_loss);

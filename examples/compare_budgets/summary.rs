@@ -90,6 +90,10 @@ pub fn report(runs: &[Run], out: &Path, dataset: &str) -> Result<(), String> {
                     .iter()
                     .map(|p| p.val_loss)
                     .fold(f64::INFINITY, f64::min),
+                last5_mean_val_loss: {
+                    let tail = &r.curve[r.curve.len().saturating_sub(5)..];
+                    tail.iter().map(|p| p.val_loss).sum::<f64>() / tail.len().max(1) as f64
+                },
                 train_flops: r.train_flops,
                 flops_to_target: reach,
                 flops_to_target_ratio: reach.map(|f| f / large.train_flops),

@@ -42,7 +42,7 @@ pub fn svg(runs: &[Run], target: Option<f64>, title: &str) -> String {
                 .max(0.05),
     );
     let sx = |f: f64| LEFT + (f.log10() - x0) / (x1 - x0) * (W - LEFT - RIGHT);
-    let sy = |l: f64| TOP + (1.0 - (l.min(y1) - y0) / (y1 - y0)) * (H - TOP - BOTTOM);
+    let sy = |l: f64| TOP + (1.0 - (l - y0) / (y1 - y0)) * (H - TOP - BOTTOM);
     let mut s = String::new();
     let _ = write!(
         s,
@@ -50,9 +50,12 @@ pub fn svg(runs: &[Run], target: Option<f64>, title: &str) -> String {
 <rect width="100%" height="100%" fill="white"/>
 <text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>
 <rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="none" stroke="#999"/>
+<clipPath id="plot"><rect x="{LEFT}" y="{TOP}" width="{}" height="{}"/></clipPath>
 "##,
         (W - RIGHT + LEFT) / 2.0,
         escape(title),
+        W - LEFT - RIGHT,
+        H - TOP - BOTTOM,
         W - LEFT - RIGHT,
         H - TOP - BOTTOM
     );
@@ -110,7 +113,7 @@ pub fn svg(runs: &[Run], target: Option<f64>, title: &str) -> String {
             .collect();
         let _ = writeln!(
             s,
-            r#"<polyline fill="none" stroke="{c}" stroke-width="1.8" points="{}"/>"#,
+            r#"<polyline fill="none" stroke="{c}" stroke-width="1.8" clip-path="url(#plot)" points="{}"/>"#,
             path.join(" ")
         );
         for m in &r.marks {

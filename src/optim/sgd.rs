@@ -87,6 +87,54 @@ impl<E: Real> Sgd<E> {
     }
 }
 
+/// The SGD update of one tensor, with its velocity when momentum is on. A plain function
+/// taking values, so that the compiler vectorises it (as `adam_block`).
+#[inline(never)]
+fn sgd_block<E: Real>(p: &mut [E], g: &[E], vel: Option<&mut [E]>, cfg: SgdConfig) {
+    let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
+    let lr = cast(cfg.lr);
+    let l2 = match cfg.weight_decay {
+        Some(WeightDecay::L2(wd)) => Some(cast(wd)),
+        _ => None,
+    };
+    let decoupled = match cfg.weight_decay {
+        Some(WeightDecay::Decoupled(wd)) => Some(cast(wd * cfg.lr)),
+        _ => None,
+    };
+    // The same operations, in the same order, as dfdx's SGD kernel.
+    let finish = |p: &mut E, mut g: E| {
+        if let Some(d) = decoupled {
+            g += d * *p;
+        }
+        *p -= g;
+    };
+    let with_l2 = |p: &E, g: E| l2.map_or(g, |wd| g + wd * *p);
+    match (cfg.momentum, vel) {
+        (Some(Momentum::Classic(u)), Some(vel)) => {
+            let u = cast(u);
+            for ((p, &g), v) in p.iter_mut().zip(g).zip(vel) {
+                let g = with_l2(p, g);
+                *v = g + u * *v;
+                finish(p, *v * lr);
+            }
+        }
+        (Some(Momentum::Nesterov(u)), Some(vel)) => {
+            let u = cast(u);
+            for ((p, &g), v) in p.iter_mut().zip(g).zip(vel) {
+                let g = with_l2(p, g);
+                *v = g + u * *v;
+                finish(p, (g + u * *v) * lr);
+            }
+        }
+        _ => {
+            for (p, &g) in p.iter_mut().zip(g) {
+                let g = with_l2(p, g);
+                finish(p, g * lr);
+            }
+        }
+    }
+}
+
 impl<E: Real, D: Device<E>> Optimizer<E, D> for Sgd<E> {
     fn sync(&mut self, model: &dyn Params<E, D>) -> Result<(), GrowError> {
         let n = self.buffers();
@@ -101,39 +149,12 @@ impl<E: Real, D: Device<E>> Optimizer<E, D> for Sgd<E> {
         Optimizer::<E, D>::sync(self, model)?;
         self.steps += 1;
         let cfg = self.cfg;
-        let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
-        let lr = cast(cfg.lr);
         host_pass(
             model,
             grads,
             &mut self.state,
             &mut self.scratch,
-            |st, p, g| {
-                let mut vel = st.buffers.first_mut().map(|v| v.iter_mut());
-                for (p, &g) in p.iter_mut().zip(g) {
-                    // The same operations, in the same order, as dfdx's SGD kernel.
-                    let mut g = g;
-                    if let Some(WeightDecay::L2(wd)) = cfg.weight_decay {
-                        g += cast(wd) * *p;
-                    }
-                    match (cfg.momentum, vel.as_mut().and_then(|v| v.next())) {
-                        (Some(Momentum::Classic(u)), Some(v)) => {
-                            *v = g + cast(u) * *v;
-                            g = *v * lr;
-                        }
-                        (Some(Momentum::Nesterov(u)), Some(v)) => {
-                            let u = cast(u);
-                            *v = g + u * *v;
-                            g = (g + u * *v) * lr;
-                        }
-                        _ => g *= lr,
-                    }
-                    if let Some(WeightDecay::Decoupled(wd)) = cfg.weight_decay {
-                        g += cast(wd * cfg.lr) * *p;
-                    }
-                    *p -= g;
-                }
-            },
+            |st, p, g| sgd_block(p, g, st.buffers.first_mut().map(Vec::as_mut_slice), cfg),
         )
     }
 

@@ -1,17 +1,29 @@
-//! Every file in `policies/` loads, validates for a one-hidden-layer model, and round-trips.
+//! Every file in `policies/` (and `policies/fashion-mnist/`) loads, validates for a
+//! one-hidden-layer model, and round-trips.
 
 use std::path::PathBuf;
 
 use dfdx_grow::policy::{load_policy, load_spec, PolicySpec};
 
-fn policy_files() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
+fn ron_files_in(sub: &str) -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(sub);
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("policies/ exists")
+        .expect("the policy folder exists")
         .map(|e| e.expect("dir entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "ron"))
         .collect();
     v.sort();
+    v
+}
+
+fn policy_files() -> Vec<PathBuf> {
+    ron_files_in("policies")
+}
+
+/// The digits set and the Fashion-MNIST set.
+fn all_policy_files() -> Vec<PathBuf> {
+    let mut v = policy_files();
+    v.extend(ron_files_in("policies/fashion-mnist"));
     v
 }
 
@@ -39,7 +51,13 @@ fn the_four_shipped_policy_files_exist() {
 
 #[test]
 fn every_policy_file_loads_and_validates_for_one_hidden_layer() {
-    for p in policy_files() {
+    let files = all_policy_files();
+    assert_eq!(
+        files.len(),
+        8,
+        "four digits files and four Fashion-MNIST files"
+    );
+    for p in files {
         let spec = load_spec(&p).unwrap_or_else(|e| panic!("{e}"));
         spec.validate_for(1)
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -49,7 +67,7 @@ fn every_policy_file_loads_and_validates_for_one_hidden_layer() {
 
 #[test]
 fn every_policy_file_round_trips_through_to_ron() {
-    for p in policy_files() {
+    for p in all_policy_files() {
         let spec = load_spec(&p).unwrap_or_else(|e| panic!("{e}"));
         let text = spec.to_ron().unwrap_or_else(|e| panic!("{e}"));
         let again =

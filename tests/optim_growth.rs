@@ -318,3 +318,75 @@ fn invalid_hyper_parameters_are_typed_errors() {
         })
     ));
 }
+
+#[test]
+fn new_unit_lr_boosts_only_new_weights_and_only_for_its_steps() {
+    use dfdx_grow::optim::NewUnitLr;
+    let dev = Cpu::default();
+    let run = |boost: Option<NewUnitLr>| {
+        let mut rng = rng(10);
+        let cfg = AdamConfig {
+            lr: 1e-3,
+            new_unit_lr: boost,
+            ..Default::default()
+        };
+        let mut opt = Adam::<f64>::new(cfg).unwrap();
+        let mut mlp = Mlp::<f64, Cpu>::new(&[4, 3, 2], Activation::Relu, &dev, &mut rng);
+        let x = input::<f64>(&dev, 32, 4, &mut rng);
+        let y = one_hot::<f64>(&dev, 32, 2, &mut rng);
+        for _ in 0..20 {
+            step(&mut mlp, &mut opt, &x, &y);
+        }
+        mlp.expand_hidden(0, 4, &Init::ZerosOut, &mut rng).unwrap();
+        let mut snaps = vec![snapshot(&mlp)];
+        for _ in 0..3 {
+            step(&mut mlp, &mut opt, &x, &y);
+            snaps.push(snapshot(&mlp));
+        }
+        snaps
+    };
+    let plain = run(None);
+    let boosted = run(Some(NewUnitLr {
+        scale: 3.0,
+        steps: 2,
+    }));
+    // Fan-out columns 3..7 of the output layer (tensor 2, 2 x 7) are new; columns 0..3 old.
+    let col = |s: &Vec<Vec<f64>>, r: usize, c: usize| s[2][r * 7 + c];
+    for r in 0..2 {
+        for c in 3..7 {
+            let d_plain = col(&plain[1], r, c) - col(&plain[0], r, c);
+            let d_boost = col(&boosted[1], r, c) - col(&boosted[0], r, c);
+            assert!(
+                (d_boost / d_plain - 3.0).abs() < 1e-9,
+                "first step {d_boost} vs {d_plain}"
+            );
+        }
+        // The old weights' first step after growth is untouched by the boost.
+        for c in 0..3 {
+            assert_eq!(col(&boosted[1], r, c), col(&plain[1], r, c));
+        }
+    }
+    // The window: with steps = 0 the boost never applies; steps = 1 and 2 agree after the
+    // first update and part after the second.
+    assert_eq!(
+        run(Some(NewUnitLr {
+            scale: 3.0,
+            steps: 0
+        })),
+        plain
+    );
+    let one = run(Some(NewUnitLr {
+        scale: 3.0,
+        steps: 1,
+    }));
+    assert_eq!(one[1], boosted[1]);
+    assert_ne!(one[2], boosted[2]);
+    assert!(Adam::<f64>::new(AdamConfig {
+        new_unit_lr: Some(NewUnitLr {
+            scale: 0.0,
+            steps: 1
+        }),
+        ..Default::default()
+    })
+    .is_err());
+}

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 
 use dfdx_grow::audit::{summary_table, AuditLog};
 use dfdx_grow::data::{self, Split};
-use dfdx_grow::optim::NewUnitSteps;
+use dfdx_grow::optim::{NewUnitLr, NewUnitSteps};
 use dfdx_grow::policy::load_policy;
 use dfdx_grow::GrowthController;
 
@@ -38,10 +38,11 @@ struct Args {
     steps: Option<usize>,
     same_steps: bool,
     new_units: NewUnitSteps,
+    new_unit_lr: Option<NewUnitLr>,
 }
 
 const USAGE: &str = "usage: compare_budgets [--dataset digits|fashion-mnist] [--data-dir DIR] \
-[--policy FILE]... [--out DIR] [--seed N] [--steps N] [--same-steps] [--adam-new-units cohort|global]";
+[--policy FILE]... [--out DIR] [--seed N] [--steps N] [--same-steps] [--adam-new-units cohort|global] [--new-unit-lr SCALE:STEPS]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -53,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
         steps: None,
         same_steps: false,
         new_units: NewUnitSteps::Cohort,
+        new_unit_lr: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,6 +78,18 @@ fn parse_args() -> Result<Args, String> {
                     }
                 }
             }
+            "--new-unit-lr" => {
+                // SCALE:STEPS, e.g. 3:500
+                let v = value()?;
+                let parsed = v.split_once(':').and_then(|(a, b)| {
+                    Some(NewUnitLr {
+                        scale: a.parse().ok()?,
+                        steps: b.parse().ok()?,
+                    })
+                });
+                a.new_unit_lr =
+                    Some(parsed.ok_or(format!("--new-unit-lr: {v:?} is not SCALE:STEPS"))?);
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
@@ -93,6 +107,7 @@ fn setup(a: &Args) -> Result<(Split, usize, usize, Settings, PathBuf), String> {
             let s = Settings {
                 flops_budget: None,
                 new_units: a.new_units,
+                new_unit_lr: a.new_unit_lr,
                 steps: a.steps.unwrap_or(3000),
                 batch: 64,
                 lr: 1e-3,
@@ -111,6 +126,7 @@ fn setup(a: &Args) -> Result<(Split, usize, usize, Settings, PathBuf), String> {
             let s = Settings {
                 flops_budget: None,
                 new_units: a.new_units,
+                new_unit_lr: a.new_unit_lr,
                 steps: a.steps.unwrap_or(4690),
                 batch: 128,
                 lr: 1e-3,

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use dfdx_grow::data::{Dataset, Split};
 use dfdx_grow::dfdx::prelude::*;
-use dfdx_grow::optim::{Adam, AdamConfig, NewUnitSteps, Optimizer};
+use dfdx_grow::optim::{Adam, AdamConfig, NewUnitLr, NewUnitSteps, Optimizer};
 use dfdx_grow::rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use dfdx_grow::{flops, Activation, GrowthController, Loss, Mlp, Params, Probe};
 
@@ -18,6 +18,8 @@ pub struct Settings {
     /// The step count of new weights in Adam (the crate's per-cohort count, or the naive
     /// global one).
     pub new_units: NewUnitSteps,
+    /// A learning rate of their own for new weights, if any.
+    pub new_unit_lr: Option<NewUnitLr>,
     pub batch: usize,
     pub lr: f64,
     pub eval_every: usize,
@@ -158,6 +160,7 @@ pub fn train(
     let mut opt = Adam::<f32>::new(AdamConfig {
         lr: s.lr,
         new_units: s.new_units,
+        new_unit_lr: s.new_unit_lr,
         ..Default::default()
     })
     .map_err(|e| e.to_string())?;

@@ -37,6 +37,20 @@ pub struct AdamConfig {
     pub weight_decay: Option<WeightDecay>,
     /// The step count of new weights. Default [`NewUnitSteps::Cohort`].
     pub new_units: NewUnitSteps,
+    /// A learning rate of their own for weights added by a growth, for their first steps.
+    /// Default none (every weight uses `lr`).
+    #[serde(default)]
+    pub new_unit_lr: Option<NewUnitLr>,
+}
+
+/// A learning-rate multiplier for the weights of a growth cohort during its first `steps`
+/// updates, so new units can catch up with units that have trained from the start.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewUnitLr {
+    /// The multiplier (> 0).
+    pub scale: f64,
+    /// For how many of the cohort's updates it applies.
+    pub steps: u64,
 }
 
 impl Default for AdamConfig {
@@ -47,6 +61,7 @@ impl Default for AdamConfig {
             eps: 1e-8,
             weight_decay: None,
             new_units: NewUnitSteps::Cohort,
+            new_unit_lr: None,
         }
     }
 }
@@ -76,6 +91,14 @@ impl<E: Real> Adam<E> {
         }
         check_hyper("eps", cfg.eps, cfg.eps > 0.0, "must be finite and > 0")?;
         check_weight_decay(cfg.weight_decay)?;
+        if let Some(n) = cfg.new_unit_lr {
+            check_hyper(
+                "new_unit_lr.scale",
+                n.scale,
+                n.scale > 0.0,
+                "must be finite and > 0",
+            )?;
+        }
         Ok(Self {
             cfg,
             state: ModelState::default(),
@@ -161,12 +184,7 @@ impl<E: Real, D: Device<E>> Optimizer<E, D> for Adam<E> {
         self.steps += 1;
         let (cfg, now) = (self.cfg, self.steps);
         let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
-        let (b1, b2, eps, lr) = (
-            cast(cfg.betas[0]),
-            cast(cfg.betas[1]),
-            cast(cfg.eps),
-            cast(cfg.lr),
-        );
+        let (b1, b2, eps) = (cast(cfg.betas[0]), cast(cfg.betas[1]), cast(cfg.eps));
         host_pass(
             model,
             grads,
@@ -184,6 +202,12 @@ impl<E: Real, D: Device<E>> Optimizer<E, D> for Adam<E> {
                     let t = i32::try_from(t).unwrap_or(i32::MAX);
                     let c1 = (E::one() - b1.powi(t)).recip();
                     let c2 = (E::one() - b2.powi(t)).recip();
+                    // Weights added by a growth (born after step 0) may have a boosted rate.
+                    let lr_f64 = match cfg.new_unit_lr {
+                        Some(n) if born > 0 && now - born <= n.steps => cfg.lr * n.scale,
+                        _ => cfg.lr,
+                    };
+                    let lr = cast(lr_f64);
                     for range in ranges {
                         adam_block(
                             &mut p[range.clone()],
@@ -192,7 +216,7 @@ impl<E: Real, D: Device<E>> Optimizer<E, D> for Adam<E> {
                             &mut v[range],
                             [b1, b2, eps, lr, c1, c2],
                             cfg.weight_decay,
-                            cfg.lr,
+                            lr_f64,
                         );
                     }
                 });

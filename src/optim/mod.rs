@@ -10,7 +10,7 @@ mod adam;
 mod sgd;
 mod state;
 
-pub use adam::{Adam, AdamConfig, NewUnitSteps};
+pub use adam::{Adam, AdamConfig, NewUnitLr, NewUnitSteps};
 pub use sgd::{Momentum, Sgd, SgdConfig};
 pub use state::{Cohort, ModelState, TensorState};
 

@@ -1,7 +1,7 @@
 //! Walking a model's trainable tensors: the crate's stand-in for dfdx's `TensorCollection`,
 //! which cannot hold runtime-sized tensors.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 
 use dfdx::prelude::{Cpu, Device, Dtype, Gradients, HasShape, Shape, Tensor};
 
@@ -60,7 +60,11 @@ impl<E: Dtype, D: Device<E>> ParamRef<'_, E, D> {
 
     /// Copies this tensor's gradient into `dst`; a tensor missing from `grads` gets zeros.
     pub fn grad_into(&self, grads: &mut Gradients<E, D>, dst: &mut [E]) -> Result<(), GrowError> {
-        if let Some(g) = self.cpu_grad(grads)? {
+        let on_cpu = match self {
+            ParamRef::Matrix(t) => cpu_grad(grads, *t)?,
+            ParamRef::Vector(t) => cpu_grad(grads, *t)?,
+        };
+        if let Some(g) = on_cpu {
             dst.copy_from_slice(g);
             return Ok(());
         }
@@ -77,16 +81,25 @@ impl<E: Dtype, D: Device<E>> ParamRef<'_, E, D> {
         Ok(())
     }
 
-    /// On the CPU device, this tensor's gradient borrowed in place (allocated as zeros if
-    /// missing); `None` on other devices. `Gradients::get` would clone the whole buffer.
-    pub(crate) fn cpu_grad<'g>(
+    /// This tensor's gradient as a host slice: borrowed in place on the CPU device (where
+    /// `Gradients::get` would clone the whole buffer), copied into `scratch` elsewhere. A
+    /// tensor missing from `grads` gets zeros.
+    pub(crate) fn host_grad<'g>(
         &self,
         grads: &'g mut Gradients<E, D>,
-    ) -> Result<Option<&'g [E]>, GrowError> {
-        match self {
-            ParamRef::Matrix(t) => cpu_grad(grads, *t),
-            ParamRef::Vector(t) => cpu_grad(grads, *t),
+        scratch: &'g mut Vec<E>,
+    ) -> Result<&'g [E], GrowError> {
+        if TypeId::of::<D>() == TypeId::of::<Cpu>() {
+            let g = match self {
+                ParamRef::Matrix(t) => cpu_grad(grads, *t)?,
+                ParamRef::Vector(t) => cpu_grad(grads, *t)?,
+            };
+            return Ok(g.unwrap_or_default());
         }
+        scratch.clear();
+        scratch.resize(self.len(), E::default());
+        self.grad_into(grads, scratch)?;
+        Ok(scratch)
     }
 
     fn alloc_grad(&self, grads: &mut Gradients<E, D>) -> Result<(), GrowError> {
@@ -196,24 +209,24 @@ pub trait Params<E: Dtype, D: Device<E>> {
     /// The L2 norm of every tensor's gradient, in walk order (a missing gradient counts as 0).
     fn grad_norms(&self, grads: &mut Gradients<E, D>) -> Result<Vec<f64>, GrowError> {
         let mut norms = Vec::new();
-        let mut buf: Vec<E> = Vec::new();
+        let mut scratch: Vec<E> = Vec::new();
         let mut result = Ok(());
         self.visit(&mut |p| {
             if result.is_err() {
                 return;
             }
-            buf.clear();
-            buf.resize(p.len(), E::default());
-            result = p.grad_into(grads, &mut buf);
-            norms.push(
-                buf.iter()
-                    .map(|g| {
-                        let g = g.to_f64().unwrap_or(f64::NAN);
-                        g * g
-                    })
-                    .sum::<f64>()
-                    .sqrt(),
-            );
+            match p.host_grad(grads, &mut scratch) {
+                Ok(g) => norms.push(
+                    g.iter()
+                        .map(|g| {
+                            let g = g.to_f64().unwrap_or(f64::NAN);
+                            g * g
+                        })
+                        .sum::<f64>()
+                        .sqrt(),
+                ),
+                Err(e) => result = Err(e),
+            }
         });
         result.map(|_| norms)
     }

@@ -104,17 +104,8 @@ pub(crate) fn host_pass<E: Real, D: Device<E>>(
         let n = p.as_ref().len();
         scratch.param.resize(n, E::zero());
         p.as_ref().copy_into(&mut scratch.param);
-        // On the CPU the gradient is read in place; elsewhere it is copied to the host.
-        let grad = match p.as_ref().cpu_grad(grads) {
-            Ok(Some(g)) => g,
-            Ok(None) => {
-                scratch.grad.resize(n, E::zero());
-                if let Err(e) = p.as_ref().grad_into(grads, &mut scratch.grad) {
-                    result = Err(e);
-                    return;
-                }
-                &scratch.grad
-            }
+        let grad = match p.as_ref().host_grad(grads, &mut scratch.grad) {
+            Ok(g) => g,
             Err(e) => {
                 result = Err(e);
                 return;

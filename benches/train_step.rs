@@ -141,81 +141,56 @@ fn dcfg() -> DAdamConfig {
     }
 }
 
+/// Steps a dfdx const-generic model (bound to `$m`, built from `$model`) and the crate's twin
+/// of it (from `$layers`, which may read `$m`) side by side, and prints the tables (a) and (c).
+macro_rules! compare_with_dfdx {
+    ($dev:expr, $model:ty, $m:ident => $layers:expr, $name:literal, $reps:expr) => {{
+        let dev: &Cpu = $dev;
+        let (xs, ys, x, y) = data(dev);
+        let mut $m = dev.build_module::<$model, f32>();
+        let mut mlp = twin(dev, &$layers);
+        let mut dopt = DAdam::new(&$m, dcfg());
+        let mut opt = Adam::<f32>::new(AdamConfig::default()).unwrap();
+        let (la, lb) = (RefCell::new(vec![]), RefCell::new(vec![]));
+        let mut cases = vec![
+            logged("dfdx nn::Linear + dfdx Adam", &la, || {
+                dfdx_step!($m, dopt, xs, ys)
+            }),
+            logged("dfdx-grow Mlp + optim::Adam", &lb, || {
+                ours_step(&mut mlp, &mut opt, &x, &y)
+            }),
+        ];
+        let s = compare(&mut cases, 0, WARMUP, reps($reps));
+        drop(cases);
+        table(
+            concat!("(a) ", $name, ", one Adam step, batch 128"),
+            "dfdx nn::Linear + dfdx Adam",
+            &s,
+        );
+        split_table(
+            concat!("(c) ", $name, ": where the step's time goes (medians)"),
+            &[
+                ("dfdx nn::Linear + dfdx Adam", &la),
+                ("dfdx-grow Mlp + optim::Adam", &lb),
+            ],
+            WARMUP,
+        );
+    }};
+}
+
 fn compare_small(dev: &Cpu) {
-    let (xs, ys, x, y) = data(dev);
-    let mut model = dev.build_module::<Small, f32>();
-    let mut mlp = twin(
-        dev,
-        &[
-            (model.0.weight.as_vec(), model.0.bias.as_vec(), 256, 784),
-            (model.2.weight.as_vec(), model.2.bias.as_vec(), 10, 256),
-        ],
-    );
-    let mut dopt = DAdam::new(&model, dcfg());
-    let mut opt = Adam::<f32>::new(AdamConfig::default()).unwrap();
-    let (la, lb) = (RefCell::new(vec![]), RefCell::new(vec![]));
-    let mut cases = vec![
-        logged("dfdx nn::Linear + dfdx Adam", &la, || {
-            dfdx_step!(model, dopt, xs, ys)
-        }),
-        logged("dfdx-grow Mlp + optim::Adam", &lb, || {
-            ours_step(&mut mlp, &mut opt, &x, &y)
-        }),
-    ];
-    let s = compare(&mut cases, 0, WARMUP, reps(60));
-    drop(cases);
-    table(
-        "(a) 784-256-10, one Adam step, batch 128",
-        "dfdx nn::Linear + dfdx Adam",
-        &s,
-    );
-    split_table(
-        "(c) 784-256-10: where the step's time goes (medians)",
-        &[
-            ("dfdx nn::Linear + dfdx Adam", &la),
-            ("dfdx-grow Mlp + optim::Adam", &lb),
-        ],
-        WARMUP,
-    );
+    compare_with_dfdx!(dev, Small, model => [
+        (model.0.weight.as_vec(), model.0.bias.as_vec(), 256, 784),
+        (model.2.weight.as_vec(), model.2.bias.as_vec(), 10, 256),
+    ], "784-256-10", 60);
 }
 
 fn compare_deep(dev: &Cpu) {
-    let (xs, ys, x, y) = data(dev);
-    let mut model = dev.build_module::<Deep, f32>();
-    let mut mlp = twin(
-        dev,
-        &[
-            (model.0.weight.as_vec(), model.0.bias.as_vec(), 1024, 784),
-            (model.2.weight.as_vec(), model.2.bias.as_vec(), 1024, 1024),
-            (model.4.weight.as_vec(), model.4.bias.as_vec(), 10, 1024),
-        ],
-    );
-    let mut dopt = DAdam::new(&model, dcfg());
-    let mut opt = Adam::<f32>::new(AdamConfig::default()).unwrap();
-    let (la, lb) = (RefCell::new(vec![]), RefCell::new(vec![]));
-    let mut cases = vec![
-        logged("dfdx nn::Linear + dfdx Adam", &la, || {
-            dfdx_step!(model, dopt, xs, ys)
-        }),
-        logged("dfdx-grow Mlp + optim::Adam", &lb, || {
-            ours_step(&mut mlp, &mut opt, &x, &y)
-        }),
-    ];
-    let s = compare(&mut cases, 0, WARMUP, reps(20));
-    drop(cases);
-    table(
-        "(a) 784-1024-1024-10, one Adam step, batch 128",
-        "dfdx nn::Linear + dfdx Adam",
-        &s,
-    );
-    split_table(
-        "(c) 784-1024-1024-10: where the step's time goes (medians)",
-        &[
-            ("dfdx nn::Linear + dfdx Adam", &la),
-            ("dfdx-grow Mlp + optim::Adam", &lb),
-        ],
-        WARMUP,
-    );
+    compare_with_dfdx!(dev, Deep, model => [
+        (model.0.weight.as_vec(), model.0.bias.as_vec(), 1024, 784),
+        (model.2.weight.as_vec(), model.2.bias.as_vec(), 1024, 1024),
+        (model.4.weight.as_vec(), model.4.bias.as_vec(), 10, 1024),
+    ], "784-1024-1024-10", 20);
 }
 
 /// 784-256-10 trained 5 steps, grown to 512, 5 steps, grown to 1024, 5 steps.

@@ -193,13 +193,12 @@ pub fn train(
         s.steps
     };
     for step in 1..=last_step {
-        let done = step == last_step
-            || s.flops_budget.is_some_and(|b| {
-                spent + flops::train_step(&mlp.widths(), s.batch, flops::ADAM_UPDATE_FLOPS) > b
-            });
+        let cost = flops::train_step(&mlp.widths(), s.batch, flops::ADAM_UPDATE_FLOPS);
+        // The step that reaches the budget is the last one.
+        let done = step == last_step || s.flops_budget.is_some_and(|b| spent + cost > b);
         let (x, y) = batches.next_batch();
         let (train_loss, mut grads) = adam_step(&mut mlp, &mut opt, x, y)?;
-        spent += flops::train_step(&mlp.widths(), s.batch, flops::ADAM_UPDATE_FLOPS);
+        spent += cost;
 
         let evaluated = step.is_multiple_of(s.eval_every) || done;
         if evaluated {

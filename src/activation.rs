@@ -47,6 +47,19 @@ impl Activation {
         }
     }
 
+    /// Whether a unit with pre-activation `z` is active, i.e. passes a gradient worth the
+    /// name: `z > 0` for ReLU and GELU (GELU's slope is below 0.1 for `z < -1.5` and
+    /// vanishes further left, but a unit must be on somewhere to count), `|z| < 3` for tanh
+    /// and `|z| < 6` for sigmoid (outside, the slope is below 0.01), always for identity.
+    pub fn is_active(self, z: f64) -> bool {
+        match self {
+            Activation::Relu | Activation::Gelu => z > 0.0,
+            Activation::Tanh => z.abs() < 3.0,
+            Activation::Sigmoid => z.abs() < 6.0,
+            Activation::Identity => !z.is_nan(),
+        }
+    }
+
     /// The activation's value at 0.
     pub fn at_zero(self) -> f64 {
         match self {

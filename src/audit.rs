@@ -11,29 +11,33 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::HealthRecord;
 use crate::init::Init;
-use crate::policy::Declined;
+use crate::policy::Growth;
 
-mod num;
+pub(crate) mod num;
 mod table;
 
 pub use table::summary_table;
 
-/// One hidden layer grew.
+/// The model grew: units at a site, or (with `after` set) a new block.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GrowthEvent {
     /// Optimizer step at which the growth happened.
     pub step: u64,
-    /// Epoch at which the growth happened.
+    /// Epochs completed at the growth.
     pub epoch: u64,
-    /// Hidden layer index.
-    pub layer: usize,
-    /// Width before.
+    /// The site that grew, or the name of the new block.
+    pub site: String,
+    /// Width before (0 for a new block).
     pub old_width: usize,
-    /// Width after.
+    /// Width after (the new block's hidden width).
     pub new_width: usize,
     /// Init of the new units.
     pub init: Init,
+    /// For a new block: the block it was inserted after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
     /// Which policy (branch) decided, as in [`Decision::policy`](crate::policy::Decision::policy).
     pub policy: String,
     /// The decision's reason.
@@ -45,7 +49,7 @@ pub struct GrowthEvent {
     pub params_before: usize,
     /// Parameters after.
     pub params_after: usize,
-    /// Loss on a fixed batch just before the growth, if measured.
+    /// Loss on the probe batch just before the growth, if measured.
     #[serde(with = "num::opt_float", default)]
     pub loss_before: Option<f64>,
     /// Loss on the same batch just after, if measured.
@@ -56,31 +60,66 @@ pub struct GrowthEvent {
     pub flops: f64,
 }
 
-/// A decision (or part of one) refused by limits or by the controller.
+/// Growths a policy wanted but its [`Limits`](crate::policy::Limits) refused. Identical
+/// refusals in a row (same policy, same sites) are written once, with their count and the
+/// first and last step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeclinedEvent {
-    /// Step of the refusal.
+    /// Step of the first refusal this record stands for.
+    pub first_step: u64,
+    /// Step of the last one.
     pub step: u64,
-    /// Epoch of the refusal.
+    /// Epochs completed at the last one.
     pub epoch: u64,
     /// Which policy wanted to grow.
     pub policy: String,
-    /// Why it was refused.
+    /// Why the first was refused.
     pub why: String,
-    /// The layers that were to grow.
-    pub layers: Vec<usize>,
-    /// Refusals this record stands for (the ones skipped by `every_nth`, plus itself).
+    /// The sites (or blocks) that were to grow.
+    pub sites: Vec<String>,
+    /// How many refusals this record stands for.
     pub count: u64,
 }
 
-/// One line of the log; `kind` is `"growth"` or `"declined"`.
+/// A decision the controller could not carry out (the model refused it, or the probe loss
+/// rose and it was undone); the model, the optimizer and the policy's counts are as before.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RefusedEvent {
+    /// Step of the decision.
+    pub step: u64,
+    /// Epochs completed.
+    pub epoch: u64,
+    /// Which policy decided.
+    pub policy: String,
+    /// The decision's reason.
+    pub reason: String,
+    /// Why it was not carried out.
+    pub why: String,
+    /// The growths it asked for.
+    pub growths: Vec<Growth>,
+    /// For a growth that was carried out and undone: the probe loss before.
+    #[serde(with = "num::opt_float", default)]
+    pub loss_before: Option<f64>,
+    /// ... and after (the rise that undid it).
+    #[serde(with = "num::opt_float", default)]
+    pub loss_after: Option<f64>,
+}
+
+/// One line of the log; `kind` is `"growth"`, `"declined"`, `"refused"`, `"undone"` or
+/// `"health"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AuditRecord {
     /// A growth was carried out.
     Growth(GrowthEvent),
-    /// A growth was refused.
+    /// Growths were refused by the policy's limits.
     Declined(DeclinedEvent),
+    /// The model refused a decision.
+    Refused(RefusedEvent),
+    /// A decision was carried out, then undone because the probe loss rose.
+    Undone(RefusedEvent),
+    /// How a growth's new units are doing, some steps after it.
+    Health(HealthRecord),
 }
 
 /// Errors of the audit log, naming the file (and line when reading).
@@ -111,14 +150,12 @@ pub enum AuditError {
 pub struct AuditLog {
     file: File,
     path: PathBuf,
-    declined_every: u64,
-    declined_pending: u64,
     sync: bool,
 }
 
 impl AuditLog {
-    /// Open (creating if needed) `path` for appending.
-    /// # Default: every declined record written, no `sync_data`.
+    /// Open (creating if needed) `path` for appending (without `sync_data` after each record
+    /// unless [`AuditLog::with_sync`] asks for it).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, AuditError> {
         let path = path.as_ref().to_path_buf();
         let file = OpenOptions::new()
@@ -129,17 +166,8 @@ impl AuditLog {
         Ok(AuditLog {
             file,
             path,
-            declined_every: 1,
-            declined_pending: 0,
             sync: false,
         })
-    }
-
-    /// Write only every `n`-th declined record (each carries the count it stands for); 0 writes
-    /// none.
-    pub fn with_declined_every(mut self, n: u64) -> Self {
-        self.declined_every = n;
-        self
     }
 
     /// Also `sync_data` after every record.
@@ -176,22 +204,13 @@ impl AuditLog {
         self.append(&AuditRecord::Growth(event))
     }
 
-    /// Count a refusal and write it if it is the `every_nth` one; returns whether it was written.
-    pub fn declined(&mut self, d: &Declined) -> Result<bool, AuditError> {
-        self.declined_pending += 1;
-        if self.declined_every == 0 || self.declined_pending < self.declined_every {
-            return Ok(false);
+    /// Append several records with one write, so that either all of them are in the log or
+    /// none is.
+    pub fn append_all(&mut self, records: &[AuditRecord]) -> Result<(), AuditError> {
+        for r in records {
+            self.append(r)?;
         }
-        let count = std::mem::take(&mut self.declined_pending);
-        self.append(&AuditRecord::Declined(DeclinedEvent {
-            step: d.step,
-            epoch: d.epoch,
-            policy: d.policy.clone(),
-            why: d.why.clone(),
-            layers: d.growths.iter().map(|g| g.layer).collect(),
-            count,
-        }))?;
-        Ok(true)
+        Ok(())
     }
 
     /// Read every record of a log. A line that does not parse is an error naming its number.

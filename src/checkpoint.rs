@@ -1,186 +1,380 @@
-//! Saving and loading a (possibly grown) model with its widths, and optionally its optimizer
-//! state, so that training resumes mid-schedule.
+//! Saving and loading a (possibly grown) model with its optimizer and controller state, so
+//! that training resumes mid-schedule exactly as if it had never stopped.
+//!
+//! A checkpoint holds the model's site widths and block order, every parameter tensor by
+//! name (values bit for bit, NaN included), and optionally the optimizer's and the
+//! controller's state. On disk it is one header line (format, version, payload length and
+//! CRC-32) and a JSON payload, written atomically: a crash leaves the old file or the new
+//! one, never a mix, and a truncated or altered file is refused before anything is built.
+//!
+//! Restoring into a model rebuilds its structure first (inserting missing blocks, growing
+//! sites to the saved widths) and checks every tensor's name and size before writing any
+//! value; on error the model is as it was.
 
 use std::path::Path;
 
 use dfdx::prelude::Device;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::optim::ModelState;
+use crate::controller::ControllerState;
+use crate::fsio::{read_bounded, write_atomic};
+use crate::optim::{Optimizer, SavedState};
+use crate::{grow_site, GrowError, Growable, Init, Mlp, Params, Real};
 
-use crate::{Activation, Linear, Mlp, Params, Real};
-
-/// Why a checkpoint could not be written or read.
+/// Why a checkpoint could not be written, read or restored.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CheckpointError {
     /// Reading or writing the file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {reason}")]
     Io {
         /// The file.
         path: String,
-        /// The I/O error.
-        source: std::io::Error,
+        /// What failed.
+        reason: String,
     },
-    /// The file is not a checkpoint of this format.
-    #[error("{path}: not a dfdx-grow checkpoint: {reason}")]
+    /// The file is not a checkpoint of this format, or it was truncated or altered.
+    #[error("{path}: not a valid dfdx-grow checkpoint: {reason}")]
     Format {
         /// The file.
         path: String,
         /// What is wrong.
         reason: String,
     },
+    /// The checkpoint does not fit the model (or optimizer) it is restored into; nothing was
+    /// changed.
+    #[error("checkpoint does not fit the model: {0}")]
+    Mismatch(String),
 }
 
 /// The current format version.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
-/// A model's widths, activation and weights (as f64, which holds f32 values exactly), plus
-/// optional optimizer state. JSON on disk.
+/// The largest checkpoint file [`Checkpoint::load`] reads: 16 GiB.
+pub const MAX_CHECKPOINT_BYTES: u64 = 16 << 30;
+
+const MAGIC: &str = "dfdx-grow checkpoint";
+
+/// One parameter tensor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedParam {
+    /// The tensor's name in the model's parameter walk.
+    pub name: String,
+    /// `(rows, columns)` (a vector of n entries is `(n, 1)`).
+    pub dims: (usize, usize),
+    /// The values, row-major, as f64 (lossless for f32 and f64, NaN included).
+    #[serde(with = "crate::codec::f64_vec")]
+    pub values: Vec<f64>,
+}
+
+/// A model's structure and weights, plus optional optimizer and controller state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
-    /// Format version, [`FORMAT_VERSION`].
-    pub version: u32,
-    /// Input, hidden and output widths.
-    pub widths: Vec<usize>,
-    /// The activation after each hidden layer.
-    pub activation: Activation,
-    /// Every parameter tensor, in walk order (weight, bias, weight, bias, ...), row-major.
-    pub tensors: Vec<Vec<f64>>,
-    /// The optimizer's state, if saved (in f64).
-    pub optimizer: Option<ModelState<f64>>,
-    /// The optimizer's step count.
-    pub optimizer_steps: u64,
+    /// Every growth site and its width.
+    pub sites: Vec<(String, usize)>,
+    /// The block order of a model that grows in depth (empty otherwise).
+    pub blocks: Vec<String>,
+    /// The model's own description ([`Growable::describe`]), e.g. an `Mlp`'s widths,
+    /// activation and width cap.
+    pub model: serde_json::Value,
+    /// Every parameter tensor, in walk order.
+    pub tensors: Vec<SavedParam>,
+    /// The optimizer's state, if saved.
+    pub optimizer: Option<SavedState>,
+    /// The controller's state, if saved.
+    pub controller: Option<ControllerState>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    format: String,
+    version: u32,
+    bytes: u64,
+    crc32: u32,
 }
 
 impl Checkpoint {
-    /// Captures `mlp` (and optionally an optimizer's state and step count).
-    pub fn of<E: Real, D: Device<E>>(
-        mlp: &Mlp<E, D>,
-        optimizer: Option<(&ModelState<E>, u64)>,
-    ) -> Self {
+    /// Captures `model`'s structure and weights.
+    pub fn of<E: Real, D: Device<E>, M: Growable<E, D>>(model: &M) -> Self {
         let f = |x: &E| x.to_f64().unwrap_or(f64::NAN);
         let mut tensors = Vec::new();
-        mlp.visit(&mut |p| {
+        model.visit(&mut |name, p| {
             let mut v = vec![E::zero(); p.len()];
             p.copy_into(&mut v);
-            tensors.push(v.iter().map(f).collect());
+            tensors.push(SavedParam {
+                name: name.to_string(),
+                dims: p.dims(),
+                values: v.iter().map(f).collect(),
+            });
         });
-        let state = optimizer.map(|(s, _)| s.map(f));
         Self {
-            version: FORMAT_VERSION,
-            widths: mlp.widths(),
-            activation: mlp.activation(),
+            sites: model.sites().into_iter().map(|s| (s.name, s.width)).collect(),
+            blocks: model.blocks(),
+            model: model.describe(),
             tensors,
-            optimizer: state,
-            optimizer_steps: optimizer.map_or(0, |(_, n)| n),
+            optimizer: None,
+            controller: None,
         }
     }
 
-    /// Writes the checkpoint to `path` (through a temporary file, so a crash never leaves a
-    /// half-written checkpoint behind).
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), CheckpointError> {
-        let path = path.as_ref();
-        let io = |source| CheckpointError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let text = serde_json::to_string(self).map_err(|e| io(std::io::Error::other(e)))?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+    /// Adds the optimizer's state.
+    pub fn with_optimizer<E: Real, D: Device<E>>(mut self, opt: &dyn Optimizer<E, D>) -> Self {
+        self.optimizer = Some(opt.save_state());
+        self
     }
 
-    /// Reads and checks a checkpoint: every shape is checked before anything is built.
+    /// Adds the controller's state (take it with [`crate::GrowthController::state`]).
+    pub fn with_controller(mut self, state: ControllerState) -> Self {
+        self.controller = Some(state);
+        self
+    }
+
+    /// Writes the checkpoint to `path` atomically (a unique temporary file in the same
+    /// directory, synced, then renamed over the target).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), CheckpointError> {
+        let path = path.as_ref();
+        let io = |reason: String| CheckpointError::Io {
+            path: path.display().to_string(),
+            reason,
+        };
+        let payload = serde_json::to_vec(self).map_err(|e| io(e.to_string()))?;
+        let header = Header {
+            format: MAGIC.into(),
+            version: FORMAT_VERSION,
+            bytes: payload.len() as u64,
+            crc32: crc32fast::hash(&payload),
+        };
+        let mut bytes = serde_json::to_vec(&header).map_err(|e| io(e.to_string()))?;
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&payload);
+        write_atomic(path, &bytes).map_err(|e| io(e.to_string()))
+    }
+
+    /// Reads a checkpoint and checks it whole (length, checksum, every tensor's size, the
+    /// optimizer state's ranges) before returning it.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, CheckpointError> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
-            path: name.clone(),
-            source,
-        })?;
-        let c: Checkpoint = serde_json::from_str(&text).map_err(|e| CheckpointError::Format {
+        let bytes = read_bounded(path, MAX_CHECKPOINT_BYTES).map_err(|e| CheckpointError::Io {
             path: name.clone(),
             reason: e.to_string(),
         })?;
-        c.check()
-            .map_err(|reason| CheckpointError::Format { path: name, reason })?;
+        Self::from_bytes(&bytes).map_err(|reason| CheckpointError::Format { path: name, reason })
+    }
+
+    /// Parses and checks the bytes of a checkpoint file.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let nl = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("no header line")?;
+        let header: Header = serde_json::from_slice(&bytes[..nl])
+            .map_err(|e| format!("header: {e}"))?;
+        if header.format != MAGIC {
+            return Err(format!("header names format {:?}", header.format));
+        }
+        if header.version != FORMAT_VERSION {
+            return Err(format!(
+                "version {} (this build reads {FORMAT_VERSION})",
+                header.version
+            ));
+        }
+        let payload = &bytes[nl + 1..];
+        if payload.len() as u64 != header.bytes {
+            return Err(format!(
+                "payload of {} bytes where the header says {} (truncated?)",
+                payload.len(),
+                header.bytes
+            ));
+        }
+        let crc = crc32fast::hash(payload);
+        if crc != header.crc32 {
+            return Err(format!(
+                "checksum {crc:08x} where the header says {:08x} (altered?)",
+                header.crc32
+            ));
+        }
+        let c: Checkpoint = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        c.check()?;
         Ok(c)
     }
 
+    /// Checks that the parts fit together.
     fn check(&self) -> Result<(), String> {
-        if self.version != FORMAT_VERSION {
-            return Err(format!(
-                "version {} (this build reads {FORMAT_VERSION})",
-                self.version
-            ));
+        let mut names = std::collections::BTreeSet::new();
+        for t in &self.tensors {
+            if !names.insert(t.name.as_str()) {
+                return Err(format!("tensor {:?} appears twice", t.name));
+            }
+            if t.dims.0.checked_mul(t.dims.1) != Some(t.values.len()) {
+                return Err(format!(
+                    "tensor {:?} has {} values for dims {:?}",
+                    t.name,
+                    t.values.len(),
+                    t.dims
+                ));
+            }
         }
-        if self.widths.len() < 2 || self.widths.contains(&0) {
-            return Err(format!("invalid widths {:?}", self.widths));
-        }
-        let expected: Vec<usize> = self
-            .widths
-            .windows(2)
-            .flat_map(|w| [w[0].saturating_mul(w[1]), w[1]])
-            .collect();
-        let found: Vec<usize> = self.tensors.iter().map(Vec::len).collect();
-        if expected != found {
-            return Err(format!(
-                "tensor sizes {found:?} do not match widths {:?}",
-                self.widths
-            ));
-        }
-        if let Some(s) = &self.optimizer {
-            let dims: Vec<(usize, usize)> = self
-                .widths
-                .windows(2)
-                .flat_map(|w| [(w[1], w[0]), (w[1], 1)])
-                .collect();
-            let state_dims: Vec<(usize, usize)> = s.tensors.iter().map(|t| t.dims).collect();
-            let sizes_ok = s
-                .tensors
-                .iter()
-                .all(|t| t.buffers.iter().all(|b| b.len() == t.dims.0 * t.dims.1));
-            if state_dims != dims || !sizes_ok {
-                return Err("optimizer state does not match the model".into());
+        if let Some(opt) = &self.optimizer {
+            if opt.tensors.len() != self.tensors.len() {
+                return Err(format!(
+                    "optimizer state for {} tensors, the model has {}",
+                    opt.tensors.len(),
+                    self.tensors.len()
+                ));
+            }
+            for (s, t) in opt.tensors.iter().zip(&self.tensors) {
+                if s.name != t.name || s.dims != t.dims {
+                    return Err(format!(
+                        "optimizer state for {:?} of {:?} where the model has {:?} of {:?}",
+                        s.name, s.dims, t.name, t.dims
+                    ));
+                }
+                let st: crate::optim::TensorState<f64> = s.clone().into();
+                // The buffer count is the optimizer's; it is checked again on restore.
+                st.validate(st.buffers.len(), opt.steps)
+                    .map_err(|e| e.to_string())?;
             }
         }
         Ok(())
     }
 
-    /// The saved optimizer state converted to `E`, with its step count.
-    pub fn optimizer_state<E: Real>(&self) -> Option<(ModelState<E>, u64)> {
-        self.optimizer.as_ref().map(|s| {
-            (
-                s.map(|x| E::from_f64(*x).unwrap_or_else(E::zero)),
-                self.optimizer_steps,
-            )
-        })
+    /// Restores the weights into `model`, a model built as the saved one was at its start:
+    /// missing blocks are inserted, sites grown to the saved widths, then every tensor is
+    /// checked by name and size before any value is written. On error `model` is unchanged,
+    /// and the error names the first tensor or site that differs.
+    pub fn restore<E: Real, D: Device<E>, M: Growable<E, D>>(
+        &self,
+        model: &mut M,
+    ) -> Result<(), CheckpointError> {
+        let backup = model.clone();
+        self.restore_into(model).inspect_err(|_| *model = backup)
     }
 
-    /// Builds the model on `dev`.
-    pub fn to_mlp<E: Real, D: Device<E>>(&self, dev: &D) -> Result<Mlp<E, D>, CheckpointError> {
-        let fmt = |reason: String| CheckpointError::Format {
-            path: String::new(),
-            reason,
-        };
-        self.check().map_err(fmt)?;
-        let cast = |v: &Vec<f64>| {
-            v.iter()
-                .map(|x| E::from_f64(*x).unwrap_or_else(E::zero))
-                .collect::<Vec<E>>()
-        };
-        let mut layers = Vec::new();
-        for (i, w) in self.widths.windows(2).enumerate() {
-            let weight = dev
-                .try_tensor_from_vec(cast(&self.tensors[2 * i]), (w[1], w[0]))
-                .map_err(|e| fmt(format!("{e:?}")))?;
-            let bias = dev
-                .try_tensor_from_vec(cast(&self.tensors[2 * i + 1]), (w[1],))
-                .map_err(|e| fmt(format!("{e:?}")))?;
-            layers.push(Linear::from_parts(weight, bias).map_err(|e| fmt(e.to_string()))?);
+    fn restore_into<E: Real, D: Device<E>, M: Growable<E, D>>(
+        &self,
+        model: &mut M,
+    ) -> Result<(), CheckpointError> {
+        let mismatch = CheckpointError::Mismatch;
+        let grow = |e: GrowError| mismatch(e.to_string());
+        // The values are overwritten below, so new units and blocks need no randomness.
+        let mut rng = StdRng::seed_from_u64(0);
+        let present = model.blocks();
+        let mut missing: Vec<(usize, &String)> = self
+            .blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| !present.contains(b))
+            .collect();
+        // In the order they were made (their names count up), each after the nearest block
+        // already there: that rebuilds the saved order.
+        missing.sort_by_key(|(_, b)| block_number(b));
+        for (i, block) in missing {
+            let now = model.blocks();
+            let after = self.blocks[..i]
+                .iter()
+                .rev()
+                .find(|b| now.contains(b))
+                .ok_or_else(|| mismatch(format!("block {block:?} has no saved predecessor")))?;
+            let made = model.deepen(after, 1, &mut rng).map_err(grow)?;
+            if made != *block {
+                return Err(mismatch(format!(
+                    "inserting after {after:?} made block {made:?}, the checkpoint has {block:?}"
+                )));
+            }
         }
-        Mlp::from_layers(layers, self.activation).map_err(|e| fmt(e.to_string()))
+        let sites = model.sites();
+        for (name, width) in &self.sites {
+            let site = sites.iter().find(|s| s.name == *name).ok_or_else(|| {
+                mismatch(format!(
+                    "the checkpoint has site {name:?}; the model's sites are {:?}",
+                    crate::site::site_names(&sites)
+                ))
+            })?;
+            if site.width > *width {
+                return Err(mismatch(format!(
+                    "site {name:?} is {} wide in the model, {width} in the checkpoint",
+                    site.width
+                )));
+            }
+            if site.width < *width {
+                grow_site(model, name, width - site.width, &Init::ZerosBoth, &mut rng)
+                    .map_err(grow)?;
+            }
+        }
+        let dims = model.param_dims();
+        if dims.len() != self.tensors.len() {
+            let extra = dims
+                .iter()
+                .map(|(n, _)| n)
+                .find(|n| !self.tensors.iter().any(|t| t.name == **n));
+            return Err(mismatch(format!(
+                "the model has {} tensors, the checkpoint {}{}",
+                dims.len(),
+                self.tensors.len(),
+                extra.map_or(String::new(), |n| format!(" (the model's {n:?} is not saved)"))
+            )));
+        }
+        for ((name, d), t) in dims.iter().zip(&self.tensors) {
+            if *name != t.name || *d != t.dims {
+                return Err(mismatch(format!(
+                    "the first differing tensor: the model has {name:?} of {d:?}, the checkpoint {:?} of {:?}",
+                    t.name, t.dims
+                )));
+            }
+        }
+        let cast = |x: &f64| E::from_f64(*x).unwrap_or_else(E::nan);
+        let mut i = 0;
+        model.visit_mut(&mut |_, mut p| {
+            let v: Vec<E> = self.tensors[i].values.iter().map(cast).collect();
+            p.copy_from(&v);
+            i += 1;
+        });
+        Ok(())
     }
+
+    /// Restores the saved optimizer state into `opt`, checked against `model` (which must
+    /// already hold the checkpoint's structure: restore the model first). On error `opt` is
+    /// unchanged.
+    pub fn restore_optimizer<E: Real, D: Device<E>>(
+        &self,
+        opt: &mut dyn Optimizer<E, D>,
+        model: &dyn Params<E, D>,
+    ) -> Result<(), CheckpointError> {
+        let saved = self
+            .optimizer
+            .as_ref()
+            .ok_or_else(|| CheckpointError::Mismatch("the checkpoint has no optimizer state".into()))?;
+        opt.load_state(saved, model)
+            .map_err(|e| CheckpointError::Mismatch(e.to_string()))
+    }
+
+    /// Builds the saved [`Mlp`] on `dev` (its widths, activation, width cap and weights).
+    pub fn to_mlp<E: Real, D: Device<E>>(&self, dev: &D) -> Result<Mlp<E, D>, CheckpointError> {
+        let spec: crate::mlp::MlpSpec = serde_json::from_value(self.model.clone())
+            .map_err(|e| CheckpointError::Mismatch(format!("not an Mlp checkpoint: {e}")))?;
+        let mut mlp = spec
+            .build(dev)
+            .map_err(|e| CheckpointError::Mismatch(e.to_string()))?;
+        self.restore(&mut mlp)?;
+        Ok(mlp)
+    }
+}
+
+/// The number a block's name ends with (`blocks.7` is 7), for the order blocks were made in.
+fn block_number(name: &str) -> (u64, String) {
+    let digits: String = name
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    (digits.parse().unwrap_or(u64::MAX), name.to_string())
 }

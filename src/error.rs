@@ -20,12 +20,10 @@ pub enum GrowError {
     #[error("cannot grow by k = 0 units: k must be at least 1")]
     ZeroUnits,
     /// The new width would pass the model's cap (or overflow `usize`).
-    #[error(
-        "growing hidden layer {layer} from {width} by {k} units would pass the width cap of {cap}"
-    )]
+    #[error("growing site {site:?} from {width} by {k} units would pass the width cap of {cap}")]
     WidthCap {
-        /// The hidden layer.
-        layer: usize,
+        /// The site.
+        site: String,
         /// Its current width.
         width: usize,
         /// The units asked for.
@@ -41,15 +39,54 @@ pub enum GrowError {
         /// Why not.
         reason: String,
     },
-    /// Layer widths that do not chain (a layer's input width differs from the previous output).
-    #[error("layer {layer} expects {expected} inputs but receives {found}")]
+    /// Sizes that do not fit together (a layer's inputs differ from what it receives, a
+    /// buffer of the wrong length, a column past the width).
+    #[error("{what}: expected {expected}, found {found}")]
     ShapeMismatch {
-        /// The layer index (0-based, over the linear layers).
-        layer: usize,
-        /// The width the layer expects.
+        /// What does not fit: a layer, a site, a buffer.
+        what: String,
+        /// The size expected.
         expected: usize,
-        /// The width it would receive.
+        /// The size found.
         found: usize,
+    },
+    /// The model has no growth site of this name.
+    #[error("the model has no growth site {name:?}; its sites are {sites:?}")]
+    NoSuchSite {
+        /// The name asked for.
+        name: String,
+        /// The sites the model has.
+        sites: Vec<String>,
+    },
+    /// The site grows in groups of units and `k` is not a multiple of the group.
+    #[error("site {site:?} grows in multiples of {multiple} units, but k = {k}")]
+    UnitMultiple {
+        /// The site.
+        site: String,
+        /// The units asked for.
+        k: usize,
+        /// The group size.
+        multiple: usize,
+    },
+    /// The growth would allocate more memory than allowed.
+    #[error("growing {site:?} by {k} units needs about {bytes} bytes of new parameters and optimizer state, over the limit of {limit} bytes")]
+    TooLarge {
+        /// The site.
+        site: String,
+        /// The units asked for.
+        k: usize,
+        /// The estimated bytes.
+        bytes: u128,
+        /// The limit in force.
+        limit: u128,
+    },
+    /// The model cannot grow in depth (or not after this block).
+    #[error("cannot insert a block after {after:?}: {reason}")]
+    Depth {
+        /// The block after which one was asked for.
+        after: String,
+        /// Why not.
+        reason: String,
     },
     /// A model description (a list of widths) that cannot be built.
     #[error("invalid model sizes {sizes:?}: {reason}")]

@@ -1,11 +1,12 @@
 //! How the weights of newly added units are initialised.
 
 use rand::seq::index::sample;
-use rand::Rng;
+use rand::RngCore;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-use crate::linear::{fan_in_bound, uniform};
+use crate::expandable::fan_in_bound;
+use crate::linear::uniform;
 use crate::{Expandable, GrowError, Real};
 
 /// How new units are initialised when a hidden layer grows.
@@ -51,13 +52,15 @@ pub enum Init {
 /// The weights that [`Init::plan`] chose for `k` new units.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewUnits<E> {
-    /// Fan-in of the new units, row-major (k x producer inputs).
+    /// Fan-in of the new units, unit-major (k x the producer's unit fan-in).
     pub fan_in: Vec<E>,
     /// Bias of the new units (k entries).
     pub bias: Vec<E>,
-    /// Fan-out of the new units, row-major (consumer outputs x k).
-    pub fan_out: Vec<E>,
-    /// Existing consumer columns to multiply (Net2Net's split of the copied units).
+    /// Fan-out of the new units in each consumer, unit-major (k x that consumer's unit
+    /// fan-out), one vector per consumer in the order given.
+    pub fan_out: Vec<Vec<E>>,
+    /// Existing input units whose fan-out every consumer multiplies (Net2Net's split of the
+    /// copied units).
     pub rescale: Vec<(usize, E)>,
 }
 
@@ -112,34 +115,34 @@ impl Init {
         }
     }
 
-    /// Chooses the weights of `k` new units between `producer` and `consumer`.
+    /// Chooses the weights of `k` new units between `producer` and `consumers` (every layer
+    /// that reads the producer's units).
     pub fn plan<E: Real>(
         &self,
-        producer: &impl Expandable<E>,
-        consumer: &impl Expandable<E>,
+        producer: &dyn Expandable<E>,
+        consumers: &[&dyn Expandable<E>],
         k: usize,
-        rng: &mut impl Rng,
+        rng: &mut dyn RngCore,
     ) -> Result<NewUnits<E>, GrowError> {
         self.check(k)?;
-        let (inp, width, out) = (
-            producer.in_width(),
-            producer.out_width(),
-            consumer.out_width(),
-        );
+        let fan_in = producer.unit_fan_in();
         let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
         let zeros = |n: usize| vec![E::zero(); n];
         let mut units = NewUnits {
-            fan_in: zeros(k * inp),
+            fan_in: zeros(k * fan_in),
             bias: zeros(k),
-            fan_out: zeros(out * k),
+            fan_out: consumers
+                .iter()
+                .map(|c| zeros(k * c.unit_fan_out()))
+                .collect(),
             rescale: Vec::new(),
         };
         match self {
-            Init::ZerosOut => units.fan_in = uniform(k * inp, fan_in_bound(inp), rng),
+            Init::ZerosOut => units.fan_in = uniform(k * fan_in, producer.init_bound(), rng),
             Init::ZerosBoth => {}
-            Init::ConstantFanIn { value } => units.fan_in = vec![cast(*value); k * inp],
+            Init::ConstantFanIn { value } => units.fan_in = vec![cast(*value); k * fan_in],
             Init::CopyHalve | Init::CopyHalveNoise { .. } => {
-                copy_units(&mut units, producer, consumer, k, rng)?;
+                copy_units(&mut units, producer, consumers, k, rng)?;
                 if let Init::CopyHalveNoise { std } = self {
                     let noise = Normal::new(0.0, *std).map_err(|e| GrowError::InitMismatch {
                         init: self.name(),
@@ -152,17 +155,25 @@ impl Init {
             }
             Init::MirrorPairs => {
                 let half = k / 2;
-                let rows: Vec<E> = uniform(half * inp, fan_in_bound(inp), rng);
-                let cols: Vec<E> = uniform(out * half, fan_in_bound(width + k), rng);
+                let rows: Vec<E> = uniform(half * fan_in, producer.init_bound(), rng);
                 for p in 0..half {
                     for twin in [2 * p, 2 * p + 1] {
-                        units.fan_in[twin * inp..(twin + 1) * inp]
-                            .copy_from_slice(&rows[p * inp..(p + 1) * inp]);
+                        units.fan_in[twin * fan_in..(twin + 1) * fan_in]
+                            .copy_from_slice(&rows[p * fan_in..(p + 1) * fan_in]);
                     }
-                    for r in 0..out {
-                        let v = cols[r * half + p];
-                        units.fan_out[r * k + 2 * p] = v;
-                        units.fan_out[r * k + 2 * p + 1] = -v;
+                }
+                for (c, fan_out) in consumers.iter().zip(&mut units.fan_out) {
+                    let n = c.unit_fan_out();
+                    // The consumer's fresh-init scale at its grown width.
+                    let grown_fan_in = c.unit_fan_in() / c.in_width().max(1) * (c.in_width() + k);
+                    let cols: Vec<E> = uniform(half * n, fan_in_bound(grown_fan_in), rng);
+                    for p in 0..half {
+                        let v = &cols[p * n..(p + 1) * n];
+                        fan_out[2 * p * n..(2 * p + 1) * n].copy_from_slice(v);
+                        for (dst, &x) in fan_out[(2 * p + 1) * n..(2 * p + 2) * n].iter_mut().zip(v)
+                        {
+                            *dst = -x;
+                        }
                     }
                 }
             }
@@ -172,15 +183,15 @@ impl Init {
 }
 
 /// Net2Net's split: each new unit copies a random existing unit (distinct while they last),
-/// and every copied unit's fan-out is shared equally among its copies.
+/// and every copied unit's fan-out is shared equally among its copies, in every consumer.
 fn copy_units<E: Real>(
     units: &mut NewUnits<E>,
-    producer: &impl Expandable<E>,
-    consumer: &impl Expandable<E>,
+    producer: &dyn Expandable<E>,
+    consumers: &[&dyn Expandable<E>],
     k: usize,
-    rng: &mut impl Rng,
+    rng: &mut dyn RngCore,
 ) -> Result<(), GrowError> {
-    let (inp, width) = (producer.in_width(), producer.out_width());
+    let (fan_in, width) = (producer.unit_fan_in(), producer.out_width());
     if width == 0 {
         return Err(GrowError::InitMismatch {
             init: "CopyHalve",
@@ -196,25 +207,30 @@ fn copy_units<E: Real>(
     for &s in &sources {
         copies[s] += 1;
     }
-    let out = consumer.out_width();
     let missing = |u: usize| GrowError::InitMismatch {
         init: "CopyHalve",
         reason: format!("unit {u} could not be read"),
     };
+    let share = |s: usize| E::one() / E::from_usize(copies[s]).unwrap_or_else(E::one);
     for (j, &s) in sources.iter().enumerate() {
         let (row, b) = producer.output_unit(s).ok_or_else(|| missing(s))?;
-        units.fan_in[j * inp..(j + 1) * inp].copy_from_slice(&row);
+        if row.len() != fan_in {
+            return Err(missing(s));
+        }
+        units.fan_in[j * fan_in..(j + 1) * fan_in].copy_from_slice(&row);
         units.bias[j] = b;
-        let col = consumer.input_column(s).ok_or_else(|| missing(s))?;
-        let share = E::one() / E::from_usize(copies[s]).unwrap_or_else(E::one);
-        for (r, &w) in col.iter().enumerate().take(out) {
-            units.fan_out[r * k + j] = w * share;
+        for (c, fan_out) in consumers.iter().zip(&mut units.fan_out) {
+            let n = c.unit_fan_out();
+            let col = c.input_column(s).filter(|col| col.len() == n);
+            let col = col.ok_or_else(|| missing(s))?;
+            for (dst, &w) in fan_out[j * n..(j + 1) * n].iter_mut().zip(&col) {
+                *dst = w * share(s);
+            }
         }
     }
     for (s, &c) in copies.iter().enumerate().filter(|(_, &c)| c > 1) {
-        units
-            .rescale
-            .push((s, E::one() / E::from_usize(c).unwrap_or_else(E::one)));
+        let _ = c;
+        units.rescale.push((s, share(s)));
     }
     Ok(())
 }

@@ -13,10 +13,13 @@ pub use rand;
 mod activation;
 pub mod audit;
 pub mod checkpoint;
+mod codec;
 mod controller;
 pub mod data;
 mod error;
 mod expandable;
+pub mod fsio;
+pub mod health;
 pub mod flops;
 pub mod init;
 mod linear;
@@ -26,17 +29,25 @@ pub mod optim;
 mod params;
 pub mod policy;
 mod report;
+mod site;
 
 pub use activation::Activation;
-pub use controller::{ControllerError, ControllerState, GrowthController};
+pub use controller::{
+    ControllerError, ControllerState, GrowthController, HealthAction, HealthCheck, Outcome,
+    DEFAULT_MAX_GROWTH_BYTES,
+};
 pub use error::GrowError;
 pub use expandable::{grow_between, Expandable};
 pub use init::{Init, NewUnits};
 pub use linear::Linear;
 pub use loss::Loss;
-pub use mlp::{Mlp, Probe, DEFAULT_MAX_WIDTH};
-pub use params::{Matrix, ParamMut, ParamRef, Params, Vector};
+pub use mlp::{Mlp, MlpSpec, Probe};
+pub use params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params, Vector};
 pub use report::ExpansionReport;
+pub use site::{
+    check_growth, grow_site, grow_site_probed, Growable, LossProbe, Site, SiteMut,
+    DEFAULT_MAX_WIDTH,
+};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -4,6 +4,7 @@ use dfdx::prelude::*;
 use rand::Rng;
 
 use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
+use crate::expandable::fan_in_bound;
 use crate::{Expandable, GrowError, Real};
 
 /// `y = x W^T + b`, with `W` of shape (out, in) and `b` of out entries, sizes known only at run
@@ -32,15 +33,10 @@ pub struct Linear<E: Dtype, D: Device<E>> {
 }
 
 /// Samples `n` values uniformly in `[-bound, bound)`, the way a fresh dfdx layer is initialised.
-pub(crate) fn uniform<E: Real>(n: usize, bound: f64, rng: &mut impl Rng) -> Vec<E> {
+pub(crate) fn uniform<E: Real>(n: usize, bound: f64, rng: &mut (impl Rng + ?Sized)) -> Vec<E> {
     (0..n)
         .map(|_| E::from_f64(rng.gen_range(-1.0..1.0) * bound).unwrap_or_else(E::zero))
         .collect()
-}
-
-/// The bound of dfdx's (and PyTorch's) default linear init: `1 / sqrt(fan_in)`.
-pub(crate) fn fan_in_bound(fan_in: usize) -> f64 {
-    1.0 / (fan_in.max(1) as f64).sqrt()
 }
 
 impl<E: Real, D: Device<E>> Linear<E, D> {
@@ -68,7 +64,7 @@ impl<E: Real, D: Device<E>> Linear<E, D> {
         let (out, _) = *weight.shape();
         if bias.shape().0 != out {
             return Err(GrowError::ShapeMismatch {
-                layer: 0,
+                what: "Linear bias".into(),
                 expected: out,
                 found: bias.shape().0,
             });
@@ -84,6 +80,12 @@ impl<E: Real, D: Device<E>> Linear<E, D> {
     /// The bias as a host vector.
     pub fn bias_vec(&self) -> Vec<E> {
         self.bias.as_vec()
+    }
+
+    /// The FLOPs of a forward pass of one example: the product and the bias.
+    pub fn forward_flops(&self) -> f64 {
+        let (out, inp) = *self.weight.shape();
+        2.0 * inp as f64 * out as f64 + out as f64
     }
 
     fn dev(&self) -> &D {
@@ -119,13 +121,36 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
         Some((0..out).map(|r| w[r * inp + unit]).collect())
     }
 
+    fn output_norms(&self) -> Vec<f64> {
+        let (w, b) = (self.weight.as_vec(), self.bias.as_vec());
+        let inp = self.in_width().max(1);
+        w.chunks(inp)
+            .zip(&b)
+            .map(|(row, &b)| {
+                crate::params::l2_norm(row).hypot(b.to_f64().unwrap_or(f64::NAN))
+            })
+            .collect()
+    }
+
+    fn input_norms(&self) -> Vec<f64> {
+        let (w, inp) = (self.weight.as_vec(), self.in_width());
+        let mut sums = vec![0.0f64; inp];
+        for row in w.chunks(inp.max(1)) {
+            for (s, x) in sums.iter_mut().zip(row) {
+                let x = x.to_f64().unwrap_or(f64::NAN);
+                *s += x * x;
+            }
+        }
+        sums.iter().map(|s| s.sqrt()).collect()
+    }
+
     fn grow_outputs(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
         let (out, inp) = *self.weight.shape();
         let k = bias.len();
-        if fan_in.len() != k * inp {
+        if Some(fan_in.len()) != k.checked_mul(inp) {
             return Err(GrowError::ShapeMismatch {
-                layer: 0,
-                expected: k * inp,
+                what: "Linear::grow_outputs fan-in".into(),
+                expected: k.saturating_mul(inp),
                 found: fan_in.len(),
             });
         }
@@ -149,34 +174,57 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
     }
 
     fn grow_inputs(&mut self, fan_out: &[E], rescale: &[(usize, E)]) -> Result<(), GrowError> {
+        self.grow_input_groups(1, fan_out, rescale)
+    }
+}
+
+impl<E: Real, D: Device<E>> Linear<E, D> {
+    /// Appends input units of `group` columns each (e.g. the `h x w` positions of a channel
+    /// that a flattened feature map feeds in): `fan_out` is unit-major, each unit's block
+    /// row-major (out x group); `rescale` multiplies every column of the listed input units.
+    ///
+    /// [`Linear::grow_inputs`] is the case `group = 1`.
+    pub fn grow_input_groups(
+        &mut self,
+        group: usize,
+        fan_out: &[E],
+        rescale: &[(usize, E)],
+    ) -> Result<(), GrowError> {
         let (out, inp) = *self.weight.shape();
-        if out == 0 || !fan_out.len().is_multiple_of(out) {
+        let per_unit = out.saturating_mul(group);
+        if per_unit == 0 || !fan_out.len().is_multiple_of(per_unit) || !inp.is_multiple_of(group)
+        {
             return Err(GrowError::ShapeMismatch {
-                layer: 0,
-                expected: out,
+                what: format!("Linear::grow_inputs fan-out (units of {group} column(s))"),
+                expected: per_unit,
                 found: fan_out.len(),
             });
         }
-        let k = fan_out.len() / out;
-        if let Some(&(col, _)) = rescale.iter().find(|(c, _)| *c >= inp) {
+        let k = fan_out.len() / per_unit;
+        if let Some(&(unit, _)) = rescale.iter().find(|(u, _)| *u >= inp / group) {
             return Err(GrowError::ShapeMismatch {
-                layer: 0,
-                expected: inp,
-                found: col,
+                what: "Linear::grow_inputs rescaled unit".into(),
+                expected: inp / group,
+                found: unit,
             });
         }
         let mut old = vec![E::zero(); out * inp];
         self.weight.copy_into(&mut old);
-        for &(col, factor) in rescale {
+        for &(unit, factor) in rescale {
             for r in 0..out {
-                old[r * inp + col] *= factor;
+                for x in &mut old[r * inp + unit * group..r * inp + (unit + 1) * group] {
+                    *x *= factor;
+                }
             }
         }
-        let width = inp + k;
+        let width = inp + k * group;
         let mut w = Vec::with_capacity(out * width);
         for r in 0..out {
             w.extend_from_slice(&old[r * inp..(r + 1) * inp]);
-            w.extend_from_slice(&fan_out[r * k..(r + 1) * k]);
+            for j in 0..k {
+                let unit = &fan_out[j * per_unit..(j + 1) * per_unit];
+                w.extend_from_slice(&unit[r * group..(r + 1) * group]);
+            }
         }
         self.weight = self
             .dev()
@@ -185,17 +233,31 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
             .map_err(GrowError::device)?;
         Ok(())
     }
+
+    /// The fan-out of input unit `unit` made of `group` columns, row-major (out x group).
+    pub fn input_group(&self, group: usize, unit: usize) -> Option<Vec<E>> {
+        let (out, inp) = *self.weight.shape();
+        if group == 0 || (unit + 1) * group > inp {
+            return None;
+        }
+        let w = self.weight.as_vec();
+        Some(
+            (0..out)
+                .flat_map(|r| w[r * inp + unit * group..r * inp + (unit + 1) * group].to_vec())
+                .collect(),
+        )
+    }
 }
 
 impl<E: Dtype, D: Device<E>> Params<E, D> for Linear<E, D> {
-    fn visit(&self, f: &mut dyn FnMut(ParamRef<'_, E, D>)) {
-        f(ParamRef::Matrix(&self.weight));
-        f(ParamRef::Vector(&self.bias));
+    fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, E, D>)) {
+        f("weight", ParamRef::Matrix(&self.weight));
+        f("bias", ParamRef::Vector(&self.bias));
     }
 
-    fn visit_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_, E, D>)) {
-        f(ParamMut::Matrix(&mut self.weight));
-        f(ParamMut::Vector(&mut self.bias));
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, E, D>)) {
+        f("weight", ParamMut::Matrix(&mut self.weight));
+        f("bias", ParamMut::Vector(&mut self.bias));
     }
 }
 

@@ -2,14 +2,15 @@
 
 use dfdx::prelude::{Device, Dtype, HasShape, Module, Tape, Tensor};
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 
-use crate::params::{Matrix, ParamMut, ParamRef, Params};
+use crate::params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params};
+use crate::health::Activity;
+use crate::site::{check_growth, grow_site, grow_site_probed, DEFAULT_MAX_WIDTH};
 use crate::{
-    grow_between, Activation, Expandable, ExpansionReport, GrowError, Init, Linear, Loss, Real,
+    Activation, Expandable, ExpansionReport, GrowError, Growable, Init, Linear, LossProbe, Loss,
+    Real, Site, SiteMut,
 };
-
-/// The default cap on a hidden layer's width (see [`Mlp::with_max_width`]).
-pub const DEFAULT_MAX_WIDTH: usize = 1 << 20;
 
 /// A stack of [`Linear`] layers with one activation after each hidden layer, whose hidden
 /// widths can grow in the middle of training.
@@ -99,7 +100,7 @@ impl<E: Real, D: Device<E>> Mlp<E, D> {
         for (i, pair) in layers.windows(2).enumerate() {
             if pair[0].out_width() != pair[1].in_width() {
                 return Err(GrowError::ShapeMismatch {
-                    layer: i + 1,
+                    what: format!("layers.{} inputs", i + 1),
                     expected: pair[1].in_width(),
                     found: pair[0].out_width(),
                 });
@@ -160,8 +161,31 @@ impl<E: Real, D: Device<E>> Mlp<E, D> {
         Ok(())
     }
 
-    /// Adds `k` units to hidden layer `hidden` (0-based): its producing layer gains `k`
-    /// output rows and bias entries, the consuming layer `k` input columns.
+    /// The pre-activations of hidden layer `hidden` on the batch `x`, example-major (batch x
+    /// width): what the activation sees, from which [`crate::health`] tells dead units.
+    pub fn pre_activations(&self, hidden: usize, x: &Matrix<E, D>) -> Result<Vec<E>, GrowError> {
+        if hidden >= self.hidden_layers() {
+            return Err(GrowError::NoSuchLayer {
+                index: hidden,
+                hidden_layers: self.hidden_layers(),
+            });
+        }
+        self.check_input(x)?;
+        let mut h = x.clone();
+        for layer in &self.layers[..hidden] {
+            h = self.act.try_apply(layer.forward(h)).map_err(GrowError::device)?;
+        }
+        Ok(self.layers[hidden].forward(h).as_vec())
+    }
+
+    /// The name of hidden layer `hidden`'s growth site: `"hidden.{hidden}"`.
+    pub fn site_name(hidden: usize) -> String {
+        format!("hidden.{hidden}")
+    }
+
+    /// Adds `k` units to hidden layer `hidden` (0-based), the site `"hidden.{hidden}"`: its
+    /// producing layer gains `k` output rows and bias entries, the consuming layer `k` input
+    /// columns.
     ///
     /// On error nothing changes.
     pub fn expand_hidden(
@@ -171,23 +195,8 @@ impl<E: Real, D: Device<E>> Mlp<E, D> {
         init: &Init,
         rng: &mut impl Rng,
     ) -> Result<ExpansionReport, GrowError> {
-        let old_width = self.check_growth(hidden, k, init)?;
-        let params_before = self.num_params();
-        let (head, tail) = self.layers.split_at_mut(hidden + 1);
-        grow_between(&mut head[hidden], &mut tail[0], k, init, rng)?;
-        Ok(ExpansionReport {
-            layer: hidden,
-            old_width,
-            new_width: old_width + k,
-            params_before,
-            params_after: self.num_params(),
-            init: init.clone(),
-            exact: init.is_exact(),
-            max_abs_output_change: None,
-            output_scale: None,
-            loss_before: None,
-            loss_after: None,
-        })
+        self.check_growth(hidden, k, init)?;
+        grow_site(self, &Self::site_name(hidden), k, init, rng)
     }
 
     /// As [`Mlp::expand_hidden`], measuring on `probe` the largest output change and, when
@@ -201,9 +210,16 @@ impl<E: Real, D: Device<E>> Mlp<E, D> {
         probe: &Probe<E, D>,
     ) -> Result<ExpansionReport, GrowError> {
         self.check_growth(hidden, k, init)?;
+        self.check_probe(probe)?;
+        grow_site_probed(self, &Self::site_name(hidden), k, init, rng, probe)
+    }
+
+    /// Checks that `probe` fits the model: a non-empty batch of the input width, and a
+    /// target of the output's shape.
+    pub fn check_probe(&self, probe: &Probe<E, D>) -> Result<(), GrowError> {
         self.check_input(&probe.input)?;
         if let Some((target, _)) = &probe.target {
-            let expected = (probe.input.shape().0, *self.widths().last().unwrap_or(&0));
+            let expected = (probe.input.shape().0, self.layers[self.layers.len() - 1].out_width());
             if *target.shape() != expected {
                 return Err(GrowError::BadInput {
                     expected: expected.1,
@@ -211,23 +227,7 @@ impl<E: Real, D: Device<E>> Mlp<E, D> {
                 });
             }
         }
-        let before = self.forward(probe.input.clone());
-        let mut report = self.expand_hidden(hidden, k, init, rng)?;
-        let after = self.forward(probe.input.clone());
-        let (b, a) = (before.as_vec(), after.as_vec());
-        let f = |x: E| x.to_f64().unwrap_or(f64::NAN);
-        report.max_abs_output_change = Some(
-            b.iter()
-                .zip(&a)
-                .map(|(x, y)| (f(*x) - f(*y)).abs())
-                .fold(0.0, f64::max),
-        );
-        report.output_scale = Some(b.iter().map(|x| f(*x).abs()).fold(0.0, f64::max));
-        if let Some((target, loss)) = &probe.target {
-            report.loss_before = Some(loss.value(before, target));
-            report.loss_after = Some(loss.value(after, target));
-        }
-        Ok(report)
+        Ok(())
     }
 
     /// The L2 norm of the gradient of each hidden layer's producing weights and bias (the
@@ -240,7 +240,7 @@ impl<E: Real, D: Device<E>> Mlp<E, D> {
         Ok(per_tensor
             .chunks(2)
             .take(self.hidden_layers())
-            .map(|wb| wb.iter().map(|n| n * n).sum::<f64>().sqrt())
+            .map(|wb| wb.iter().map(|(_, n)| n * n).sum::<f64>().sqrt())
             .collect())
     }
 
@@ -252,48 +252,130 @@ impl<E: Real, D: Device<E>> Mlp<E, D> {
                 hidden_layers: self.hidden_layers(),
             });
         }
-        if k == 0 {
-            return Err(GrowError::ZeroUnits);
-        }
-        let width = self.layers[hidden].out_width();
-        let cap_err = GrowError::WidthCap {
-            layer: hidden,
-            width,
-            k,
-            cap: self.max_width,
+        Ok(check_growth(self, &Self::site_name(hidden), k, init)?.width)
+    }
+}
+
+/// What an [`Mlp`] is built from: its widths, activation and width cap (what a checkpoint
+/// saves as the model's description).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpSpec {
+    /// Input, hidden and output widths.
+    pub widths: Vec<usize>,
+    /// The activation after each hidden layer.
+    pub activation: Activation,
+    /// The cap on every hidden layer's width.
+    pub max_width: usize,
+}
+
+impl MlpSpec {
+    /// The network with these widths, its weights zero.
+    pub fn build<E: Real, D: Device<E>>(&self, dev: &D) -> Result<Mlp<E, D>, GrowError> {
+        let invalid = |reason: &str| GrowError::InvalidSizes {
+            sizes: self.widths.clone(),
+            reason: reason.into(),
         };
-        let new_width = width.checked_add(k).ok_or(cap_err.clone())?;
-        if new_width > self.max_width {
-            return Err(cap_err);
+        if self.widths.len() < 2 || self.widths.contains(&0) {
+            return Err(invalid("need at least two widths, each at least 1"));
         }
-        // The grown tensors must be addressable: reject sizes whose element count overflows.
-        let (inp, out) = (
-            self.layers[hidden].in_width(),
-            self.layers[hidden + 1].out_width(),
-        );
-        if new_width.checked_mul(inp.max(out)).is_none() {
-            return Err(GrowError::WidthCap {
-                layer: hidden,
-                width,
-                k,
-                cap: usize::MAX / inp.max(out).max(1),
-            });
+        let layers = self
+            .widths
+            .windows(2)
+            .map(|w| {
+                let n = w[0].checked_mul(w[1]).ok_or_else(|| invalid("a layer's size overflows"))?;
+                let weight = dev
+                    .try_tensor_from_vec(vec![E::zero(); n], (w[1], w[0]))
+                    .map_err(GrowError::device)?;
+                let bias = dev
+                    .try_tensor_from_vec(vec![E::zero(); w[1]], (w[1],))
+                    .map_err(GrowError::device)?;
+                Linear::from_parts(weight, bias)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Mlp::from_layers(layers, self.activation)?.with_max_width(self.max_width))
+    }
+}
+
+impl<E: Real, D: Device<E>> Growable<E, D> for Mlp<E, D> {
+    fn describe(&self) -> serde_json::Value {
+        serde_json::to_value(MlpSpec {
+            widths: self.widths(),
+            activation: self.act,
+            max_width: self.max_width,
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+
+    fn sites(&self) -> Vec<Site> {
+        (0..self.hidden_layers())
+            .map(|i| {
+                Site::new(Self::site_name(i), &self.layers[i], &[&self.layers[i + 1]])
+                    .with_params([format!("layers.{i}.weight"), format!("layers.{i}.bias")])
+                    .with_max_width(self.max_width)
+            })
+            .collect()
+    }
+
+    fn site_mut(&mut self, name: &str) -> Option<SiteMut<'_, E>> {
+        let i: usize = name.strip_prefix("hidden.")?.parse().ok()?;
+        if i >= self.hidden_layers() || name != Self::site_name(i) {
+            return None;
         }
-        init.check(k)?;
-        Ok(width)
+        let (head, tail) = self.layers.split_at_mut(i + 1);
+        Some(SiteMut {
+            producer: &mut head[i],
+            consumers: vec![&mut tail[0]],
+        })
+    }
+
+    fn forward_flops(&self) -> f64 {
+        let hidden: usize = self.layers[..self.hidden_layers()]
+            .iter()
+            .map(|l| l.out_width())
+            .sum();
+        // The products and biases, and the activation after each hidden layer.
+        self.layers.iter().map(|l| l.forward_flops()).sum::<f64>() + hidden as f64
+    }
+
+    fn train_flops(&self) -> f64 {
+        crate::flops::train_step(&self.widths(), 1, 0.0)
+    }
+}
+
+impl<E: Real, D: Device<E>> LossProbe<Mlp<E, D>> for Probe<E, D> {
+    /// The probe's loss, or NaN when the probe has no target or does not fit the model.
+    fn loss(&self, model: &Mlp<E, D>) -> f64 {
+        match (&self.target, model.check_probe(self)) {
+            (Some((target, loss)), Ok(())) => loss.value(model.forward(self.input.clone()), target),
+            _ => f64::NAN,
+        }
+    }
+
+    fn outputs(&self, model: &Mlp<E, D>) -> Option<Vec<f64>> {
+        model.check_probe(self).ok()?;
+        let out = model.forward(self.input.clone()).as_vec();
+        Some(out.iter().map(|x| x.to_f64().unwrap_or(f64::NAN)).collect())
+    }
+
+    fn activity(&self, model: &Mlp<E, D>, site: &str) -> Option<Activity> {
+        let i: usize = site.strip_prefix("hidden.")?.parse().ok()?;
+        let pre = model.pre_activations(i, &self.input).ok()?;
+        let act = model.activation();
+        Activity::from_pre_activations(&pre, model.layers()[i].out_width(), |z| act.is_active(z)).ok()
     }
 }
 
 impl<E: Dtype, D: Device<E>> Params<E, D> for Mlp<E, D> {
-    fn visit(&self, f: &mut dyn FnMut(ParamRef<'_, E, D>)) {
-        for l in &self.layers {
-            l.visit(f);
+    fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, E, D>)) {
+        for (i, l) in self.layers.iter().enumerate() {
+            l.visit(&mut scoped(&format!("layers.{i}"), f));
         }
     }
 
-    fn visit_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_, E, D>)) {
-        for l in &mut self.layers {
-            l.visit_mut(f);
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, E, D>)) {
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            l.visit_mut(&mut scoped_mut(&format!("layers.{i}"), f));
         }
     }
 }

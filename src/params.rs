@@ -146,8 +146,12 @@ impl<E: Dtype, D: Device<E>> ParamMut<'_, E, D> {
     }
 }
 
-/// Something that owns trainable tensors and can show them, always in the same order.
+/// Something that owns trainable tensors and can show them, each under a stable name, always
+/// in the same order.
 ///
+/// Names are paths like `"layers.0.weight"` or `"blocks.2.fc1.bias"` (as burn's module paths
+/// and candle's VarBuilder prefixes): optimizer state, checkpoints and the audit log key by
+/// them, so a model whose layers are reordered or extended is never silently mismatched.
 /// Optimizers, gradient allocation, parameter counts and checkpoints all go through this walk,
 /// so a layer of your own only has to list its tensors:
 ///
@@ -159,38 +163,59 @@ impl<E: Dtype, D: Device<E>> ParamMut<'_, E, D> {
 /// struct Scale { gain: Vector<f32, Cpu> }
 ///
 /// impl Params<f32, Cpu> for Scale {
-///     fn visit(&self, f: &mut dyn FnMut(ParamRef<'_, f32, Cpu>)) {
-///         f(ParamRef::Vector(&self.gain));
+///     fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, f32, Cpu>)) {
+///         f("gain", ParamRef::Vector(&self.gain));
 ///     }
-///     fn visit_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_, f32, Cpu>)) {
-///         f(ParamMut::Vector(&mut self.gain));
+///     fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, f32, Cpu>)) {
+///         f("gain", ParamMut::Vector(&mut self.gain));
 ///     }
 /// }
 ///
 /// let dev = Cpu::default();
 /// let s = Scale { gain: dev.ones_like(&(3,)) };
 /// assert_eq!(s.num_params(), 3);
-/// assert_eq!(s.param_dims(), vec![(3, 1)]);
+/// assert_eq!(s.param_dims(), vec![("gain".to_string(), (3, 1))]);
 /// ```
+///
+/// A model made of parts names each part's tensors under a prefix with [`scoped`] and
+/// [`scoped_mut`].
 pub trait Params<E: Dtype, D: Device<E>> {
-    /// Calls `f` on every trainable tensor, in a fixed order.
-    fn visit(&self, f: &mut dyn FnMut(ParamRef<'_, E, D>));
+    /// Calls `f(name, tensor)` on every trainable tensor, in a fixed order.
+    fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, E, D>));
 
-    /// Calls `f` on every trainable tensor, mutably, in the same order as [`Params::visit`].
-    fn visit_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_, E, D>));
+    /// Calls `f(name, tensor)` on every trainable tensor, mutably, in the same order and with
+    /// the same names as [`Params::visit`].
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, E, D>));
 
-    /// The number of trainable scalars.
+    /// The number of trainable scalars (saturating: a model cannot hold more anyway).
     fn num_params(&self) -> usize {
-        let mut n = 0;
-        self.visit(&mut |p| n += p.len());
+        let mut n = 0usize;
+        self.visit(&mut |_, p| n = n.saturating_add(p.len()));
         n
     }
 
-    /// `(rows, columns)` of every tensor, in walk order.
-    fn param_dims(&self) -> Vec<(usize, usize)> {
+    /// The name and `(rows, columns)` of every tensor, in walk order.
+    fn param_dims(&self) -> Vec<(String, (usize, usize))> {
         let mut dims = Vec::new();
-        self.visit(&mut |p| dims.push(p.dims()));
+        self.visit(&mut |name, p| dims.push((name.to_string(), p.dims())));
         dims
+    }
+
+    /// Checks that every tensor has a non-empty name that no other tensor uses.
+    fn check_names(&self) -> Result<(), GrowError> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut bad = None;
+        self.visit(&mut |name, _| {
+            if bad.is_none() && (name.is_empty() || !seen.insert(name.to_string())) {
+                bad = Some(name.to_string());
+            }
+        });
+        match bad {
+            None => Ok(()),
+            Some(name) => Err(GrowError::StateMismatch(format!(
+                "parameter name {name:?} is empty or used twice: every tensor needs its own name"
+            ))),
+        }
     }
 
     /// Fresh gradients with a zeroed entry for every parameter, so that a parameter the loss
@@ -198,7 +223,7 @@ pub trait Params<E: Dtype, D: Device<E>> {
     fn try_alloc_grads(&self) -> Result<Gradients<E, D>, GrowError> {
         let mut grads = Gradients::leaky();
         let mut result = Ok(());
-        self.visit(&mut |p| {
+        self.visit(&mut |_, p| {
             if result.is_ok() {
                 result = p.alloc_grad(&mut grads);
             }
@@ -206,28 +231,93 @@ pub trait Params<E: Dtype, D: Device<E>> {
         result.map(|_| grads)
     }
 
-    /// The L2 norm of every tensor's gradient, in walk order (a missing gradient counts as 0).
-    fn grad_norms(&self, grads: &mut Gradients<E, D>) -> Result<Vec<f64>, GrowError> {
+    /// The L2 norm of every tensor's gradient, with its name, in walk order (a tensor missing
+    /// from `grads` counts as 0).
+    fn grad_norms(&self, grads: &mut Gradients<E, D>) -> Result<Vec<(String, f64)>, GrowError> {
+        self.grad_norms_where(grads, &|_| true)
+    }
+
+    /// [`Params::grad_norms`] of the tensors whose name `keep` accepts.
+    fn grad_norms_where(
+        &self,
+        grads: &mut Gradients<E, D>,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<(String, f64)>, GrowError> {
         let mut norms = Vec::new();
         let mut scratch: Vec<E> = Vec::new();
         let mut result = Ok(());
-        self.visit(&mut |p| {
-            if result.is_err() {
+        self.visit(&mut |name, p| {
+            if result.is_err() || !keep(name) {
                 return;
             }
             match p.host_grad(grads, &mut scratch) {
-                Ok(g) => norms.push(
-                    g.iter()
-                        .map(|g| {
-                            let g = g.to_f64().unwrap_or(f64::NAN);
-                            g * g
-                        })
-                        .sum::<f64>()
-                        .sqrt(),
-                ),
+                Ok(g) => norms.push((name.to_string(), l2_norm(g))),
                 Err(e) => result = Err(e),
             }
         });
         result.map(|_| norms)
     }
+}
+
+/// The L2 norm of `v`, accumulated in f64.
+pub(crate) fn l2_norm<E: Dtype>(v: &[E]) -> f64 {
+    v.iter()
+        .map(|g| {
+            let g = g.to_f64().unwrap_or(f64::NAN);
+            g * g
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Wraps a visitor so that every name it receives is prefixed by `prefix` and a dot: how a
+/// model names the tensors of its parts.
+///
+/// ```
+/// use dfdx_grow::dfdx::prelude::*;
+/// use dfdx_grow::rand::{rngs::StdRng, SeedableRng};
+/// use dfdx_grow::{scoped, scoped_mut, Linear, ParamRef, Params};
+///
+/// struct Net { body: Linear<f32, Cpu>, head: Linear<f32, Cpu> }
+/// impl Params<f32, Cpu> for Net {
+///     fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, f32, Cpu>)) {
+///         self.body.visit(&mut scoped("body", f));
+///         self.head.visit(&mut scoped("head", f));
+///     }
+///     fn visit_mut(&mut self, f: &mut dyn FnMut(&str, dfdx_grow::ParamMut<'_, f32, Cpu>)) {
+///         self.body.visit_mut(&mut scoped_mut("body", f));
+///         self.head.visit_mut(&mut scoped_mut("head", f));
+///     }
+/// }
+/// let (dev, mut rng) = (Cpu::default(), StdRng::seed_from_u64(0));
+/// let net = Net {
+///     body: Linear::new(4, 3, &dev, &mut rng).unwrap(),
+///     head: Linear::new(3, 2, &dev, &mut rng).unwrap(),
+/// };
+/// let names: Vec<String> = net.param_dims().into_iter().map(|(n, _)| n).collect();
+/// assert_eq!(names, ["body.weight", "body.bias", "head.weight", "head.bias"]);
+/// ```
+pub fn scoped<'f, E: Dtype, D: Device<E>>(
+    prefix: &'f str,
+    f: &'f mut dyn FnMut(&str, ParamRef<'_, E, D>),
+) -> impl FnMut(&str, ParamRef<'_, E, D>) + 'f {
+    let mut buf = String::with_capacity(prefix.len() + 16);
+    move |name, p| f(prefixed(&mut buf, prefix, name), p)
+}
+
+/// [`scoped`] for [`Params::visit_mut`].
+pub fn scoped_mut<'f, E: Dtype, D: Device<E>>(
+    prefix: &'f str,
+    f: &'f mut dyn FnMut(&str, ParamMut<'_, E, D>),
+) -> impl FnMut(&str, ParamMut<'_, E, D>) + 'f {
+    let mut buf = String::with_capacity(prefix.len() + 16);
+    move |name, p| f(prefixed(&mut buf, prefix, name), p)
+}
+
+fn prefixed<'b>(buf: &'b mut String, prefix: &str, name: &str) -> &'b str {
+    buf.clear();
+    buf.push_str(prefix);
+    buf.push('.');
+    buf.push_str(name);
+    buf
 }

@@ -4,11 +4,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::Init;
 
-/// The record of one hidden-layer expansion.
+/// The record of one expansion of a growth site.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExpansionReport {
-    /// The hidden layer that grew (0-based).
-    pub layer: usize,
+    /// The site that grew.
+    pub site: String,
     /// Its width before.
     pub old_width: usize,
     /// Its width after.

@@ -1,12 +1,10 @@
 //! Adam and AdamW, with a step count of their own for every growth cohort.
 
-use dfdx::prelude::{Device, Gradients};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    check_hyper, check_weight_decay, host_pass, ModelState, Optimizer, Scratch, WeightDecay,
-};
-use crate::{GrowError, Params, Real};
+use super::adaptor::{GrowingOptimizer, Kernel, StepContext, MAX_BUFFERS};
+use super::{check_hyper, check_weight_decay, WeightDecay};
+use crate::{GrowError, Real};
 
 /// Which step count drives the bias correction of weights added by a growth.
 ///
@@ -24,8 +22,10 @@ pub enum NewUnitSteps {
     Global,
 }
 
-/// Adam's hyper-parameters (dfdx's `AdamConfig` plus the handling of new weights).
+/// Adam's hyper-parameters (dfdx's `AdamConfig` plus the handling of new weights); also the
+/// kernel of [`Adam`].
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdamConfig {
     /// Learning rate. Default `1e-3`.
     pub lr: f64,
@@ -37,20 +37,6 @@ pub struct AdamConfig {
     pub weight_decay: Option<WeightDecay>,
     /// The step count of new weights. Default [`NewUnitSteps::Cohort`].
     pub new_units: NewUnitSteps,
-    /// A learning rate of their own for weights added by a growth, for their first steps.
-    /// Default none (every weight uses `lr`).
-    #[serde(default)]
-    pub new_unit_lr: Option<NewUnitLr>,
-}
-
-/// A learning-rate multiplier for the weights of a growth cohort during its first `steps`
-/// updates, so new units can catch up with units that have trained from the start.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NewUnitLr {
-    /// The multiplier (> 0).
-    pub scale: f64,
-    /// For how many of the cohort's updates it applies.
-    pub steps: u64,
 }
 
 impl Default for AdamConfig {
@@ -61,52 +47,15 @@ impl Default for AdamConfig {
             eps: 1e-8,
             weight_decay: None,
             new_units: NewUnitSteps::Cohort,
-            new_unit_lr: None,
         }
     }
 }
 
 /// Adam (or AdamW) whose moments grow with the weights: old entries untouched, new entries
 /// zero, each growth cohort with its own step count (see [`NewUnitSteps`]).
-#[derive(Clone, Debug)]
-pub struct Adam<E> {
-    cfg: AdamConfig,
-    state: ModelState<E>,
-    steps: u64,
-    scratch: Scratch<E>,
-}
+pub type Adam<E> = GrowingOptimizer<AdamConfig, E>;
 
 impl<E: Real> Adam<E> {
-    /// An optimizer with `cfg`, checked (finite non-negative lr, betas in [0, 1), eps > 0,
-    /// non-negative weight decay).
-    pub fn new(cfg: AdamConfig) -> Result<Self, GrowError> {
-        check_hyper("lr", cfg.lr, cfg.lr >= 0.0, "must be finite and >= 0")?;
-        for b in cfg.betas {
-            check_hyper(
-                "betas",
-                b,
-                (0.0..1.0).contains(&b),
-                "each must be in [0, 1)",
-            )?;
-        }
-        check_hyper("eps", cfg.eps, cfg.eps > 0.0, "must be finite and > 0")?;
-        check_weight_decay(cfg.weight_decay)?;
-        if let Some(n) = cfg.new_unit_lr {
-            check_hyper(
-                "new_unit_lr.scale",
-                n.scale,
-                n.scale > 0.0,
-                "must be finite and > 0",
-            )?;
-        }
-        Ok(Self {
-            cfg,
-            state: ModelState::default(),
-            steps: 0,
-            scratch: Scratch::default(),
-        })
-    }
-
     /// AdamW: Adam with decoupled weight decay `wd`.
     pub fn adamw(lr: f64, wd: f64) -> Result<Self, GrowError> {
         Self::new(AdamConfig {
@@ -115,127 +64,80 @@ impl<E: Real> Adam<E> {
             ..AdamConfig::default()
         })
     }
-
-    /// Resumes from a saved state and step count (see [`crate::checkpoint::Checkpoint`]);
-    /// the next [`Optimizer::update`] checks that the state fits the model.
-    pub fn with_state(mut self, state: ModelState<E>, steps: u64) -> Self {
-        self.state = state;
-        self.steps = steps;
-        self
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &AdamConfig {
-        &self.cfg
-    }
-
-    /// The moments (buffers 0 and 1) and cohorts of every tensor.
-    pub fn state(&self) -> &ModelState<E> {
-        &self.state
-    }
 }
 
-/// Adam on one block of elements sharing a step count: `k` is `[b1, b2, eps, lr, c1, c2]` with
-/// `c1`, `c2` the bias corrections. Kept a plain function of values (not a closure reading
-/// the configuration through a reference) so that the compiler vectorises the loop: inlined
-/// in the update's closure it ran about 5x slower.
-#[inline(never)]
-fn adam_block<E: Real>(
-    p: &mut [E],
-    g: &[E],
-    m: &mut [E],
-    v: &mut [E],
-    k: [E; 6],
-    weight_decay: Option<WeightDecay>,
-    lr_f64: f64,
-) {
-    let [b1, b2, eps, lr, c1, c2] = k;
-    let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
-    let it = p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut()));
-    for ((p, &g), (m, v)) in it {
-        // The same operations, in the same order, as dfdx's Adam kernel.
-        let mut g = g;
-        if let Some(WeightDecay::L2(wd)) = weight_decay {
-            g += cast(wd) * *p;
-        }
-        *m = *m * b1 + g * (E::one() - b1);
-        *v = *v * b2 + g.powi(2) * (E::one() - b2);
-        let m_hat = *m * c1;
-        let v_hat = *v * c2;
-        g = lr * m_hat / (v_hat.sqrt() + eps);
-        if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
-            g += cast(wd * lr_f64) * *p;
-        }
-        *p -= g;
-    }
-}
+impl Kernel for AdamConfig {
+    const NAME: &'static str = "adam";
 
-impl<E: Real, D: Device<E>> Optimizer<E, D> for Adam<E> {
-    fn sync(&mut self, model: &dyn Params<E, D>) -> Result<(), GrowError> {
-        self.state.sync(&model.param_dims(), 2, self.steps)
-    }
-
-    fn update(
-        &mut self,
-        model: &mut dyn Params<E, D>,
-        grads: &mut Gradients<E, D>,
-    ) -> Result<(), GrowError> {
-        Optimizer::<E, D>::sync(self, model)?;
-        self.steps += 1;
-        let (cfg, now) = (self.cfg, self.steps);
-        let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
-        let (b1, b2, eps) = (cast(cfg.betas[0]), cast(cfg.betas[1]), cast(cfg.eps));
-        host_pass(
-            model,
-            grads,
-            &mut self.state,
-            &mut self.scratch,
-            |st, p, g| {
-                let mut bufs = std::mem::take(&mut st.buffers);
-                let (m, v) = bufs.split_at_mut(1);
-                let (m, v) = (&mut m[0], &mut v[0]);
-                st.for_each_block(|born, ranges| {
-                    let t = match cfg.new_units {
-                        NewUnitSteps::Cohort => now - born,
-                        NewUnitSteps::Global => now,
-                    };
-                    let t = i32::try_from(t).unwrap_or(i32::MAX);
-                    let c1 = (E::one() - b1.powi(t)).recip();
-                    let c2 = (E::one() - b2.powi(t)).recip();
-                    // Weights added by a growth (born after step 0) may have a boosted rate.
-                    let lr_f64 = match cfg.new_unit_lr {
-                        Some(n) if born > 0 && now - born <= n.steps => cfg.lr * n.scale,
-                        _ => cfg.lr,
-                    };
-                    let lr = cast(lr_f64);
-                    for range in ranges {
-                        adam_block(
-                            &mut p[range.clone()],
-                            &g[range.clone()],
-                            &mut m[range.clone()],
-                            &mut v[range],
-                            [b1, b2, eps, lr, c1, c2],
-                            cfg.weight_decay,
-                            lr_f64,
-                        );
-                    }
-                });
-                st.buffers = bufs;
-            },
-        )
-    }
-
-    fn steps(&self) -> u64 {
-        self.steps
+    fn buffers(&self) -> usize {
+        2
     }
 
     fn lr(&self) -> f64 {
-        self.cfg.lr
+        self.lr
     }
 
-    fn set_lr(&mut self, lr: f64) -> Result<(), GrowError> {
-        check_hyper("lr", lr, lr >= 0.0, "must be finite and >= 0")?;
-        self.cfg.lr = lr;
-        Ok(())
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    /// Finite non-negative lr, betas in [0, 1), eps > 0, non-negative weight decay.
+    fn check(&self) -> Result<(), GrowError> {
+        check_hyper("lr", self.lr, self.lr >= 0.0, "must be finite and >= 0")?;
+        for b in self.betas {
+            check_hyper("betas", b, (0.0..1.0).contains(&b), "each must be in [0, 1)")?;
+        }
+        check_hyper("eps", self.eps, self.eps > 0.0, "must be finite and > 0")?;
+        check_weight_decay(self.weight_decay)
+    }
+
+    fn constants<E: Real>(&self, ctx: &StepContext) -> [E; 8] {
+        let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
+        let (b1, b2) = (cast(self.betas[0]), cast(self.betas[1]));
+        let t = match self.new_units {
+            NewUnitSteps::Cohort => ctx.t,
+            NewUnitSteps::Global => ctx.global_t,
+        };
+        let t = i32::try_from(t).unwrap_or(i32::MAX);
+        let (l2, decoupled) = match self.weight_decay {
+            Some(WeightDecay::L2(wd)) => (cast(wd), E::zero()),
+            Some(WeightDecay::Decoupled(wd)) => (E::zero(), cast(wd * ctx.lr)),
+            None => (E::zero(), E::zero()),
+        };
+        [
+            b1,
+            b2,
+            cast(self.eps),
+            cast(ctx.lr),
+            (E::one() - b1.powi(t)).recip(),
+            (E::one() - b2.powi(t)).recip(),
+            l2,
+            decoupled,
+        ]
+    }
+
+    #[inline(never)]
+    fn update<E: Real>(&self, k: &[E; 8], p: &mut [E], g: &[E], state: [&mut [E]; MAX_BUFFERS]) {
+        let [b1, b2, eps, lr, c1, c2, l2, decoupled] = *k;
+        let [m, v] = state;
+        let has_l2 = matches!(self.weight_decay, Some(WeightDecay::L2(_)));
+        let has_decoupled = matches!(self.weight_decay, Some(WeightDecay::Decoupled(_)));
+        let it = p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut()));
+        for ((p, &g), (m, v)) in it {
+            // The same operations, in the same order, as dfdx's Adam kernel.
+            let mut g = g;
+            if has_l2 {
+                g += l2 * *p;
+            }
+            *m = *m * b1 + g * (E::one() - b1);
+            *v = *v * b2 + g.powi(2) * (E::one() - b2);
+            let m_hat = *m * c1;
+            let v_hat = *v * c2;
+            g = lr * m_hat / (v_hat.sqrt() + eps);
+            if has_decoupled {
+                g += decoupled * *p;
+            }
+            *p -= g;
+        }
     }
 }

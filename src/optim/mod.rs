@@ -1,16 +1,23 @@
 //! Optimizers whose state grows with the weights.
 //!
 //! dfdx 0.13's optimizers keep their state private and keyed by tensor id, so they cannot
-//! follow a tensor that was replaced by a larger one. These keep their state in the order of
-//! the model's parameter walk ([`crate::Params`]) and pad it when a tensor grows: old entries
-//! untouched, new entries zero. Before any growth they compute exactly what dfdx's `Sgd` and
-//! `Adam` compute (the same operations in the same order).
+//! follow a tensor that was replaced by a larger one. These keep their state by the tensor
+//! names of the model's parameter walk ([`crate::Params`]) and pad it when a tensor grows: old
+//! entries untouched, new entries zero. Before any growth they compute exactly what dfdx's
+//! `Sgd` and `Adam` compute (the same operations in the same order).
+//!
+//! One adaptor, [`GrowingOptimizer`], owns the state, the pass over the parameters and the
+//! accessors; each optimizer is only its element [`Kernel`] ([`AdamConfig`], [`SgdConfig`]).
 
+mod adaptor;
 mod adam;
+mod saved;
 mod sgd;
 mod state;
 
-pub use adam::{Adam, AdamConfig, NewUnitLr, NewUnitSteps};
+pub use adaptor::{GrowingOptimizer, Kernel, NewUnitLr, StepContext, MAX_BUFFERS};
+pub use adam::{Adam, AdamConfig, NewUnitSteps};
+pub use saved::{SavedState, SavedTensor};
 pub use sgd::{Momentum, Sgd, SgdConfig};
 pub use state::{Cohort, ModelState, TensorState};
 
@@ -31,9 +38,13 @@ pub enum WeightDecay {
 /// An optimizer that follows its model through growth.
 pub trait Optimizer<E: Real, D: Device<E>> {
     /// Makes the state follow `model`: pads the state of grown tensors (new entries zero and,
-    /// for Adam, their own step count). [`Optimizer::update`] does this first, so calling it
-    /// is only needed to check a model early. On error the state is unchanged.
+    /// for Adam, their own step count) and gives new tensors fresh state.
+    /// [`Optimizer::update`] does this first, so calling it is only needed to check a model
+    /// early. On error the state is unchanged.
     fn sync(&mut self, model: &dyn Params<E, D>) -> Result<(), GrowError>;
+
+    /// Every check of [`Optimizer::sync`], changing nothing.
+    fn check_sync(&self, model: &dyn Params<E, D>) -> Result<(), GrowError>;
 
     /// Updates every parameter of `model` from `grads`; a parameter missing from `grads` is
     /// updated with a zero gradient.
@@ -51,6 +62,19 @@ pub trait Optimizer<E: Real, D: Device<E>> {
 
     /// Changes the learning rate (for schedules).
     fn set_lr(&mut self, lr: f64) -> Result<(), GrowError>;
+
+    /// How many state values the optimizer keeps per parameter (for memory estimates).
+    fn state_buffers(&self) -> usize {
+        2
+    }
+
+    /// The state to save: the kernel's name, the step count, the learning rate and every
+    /// tensor's buffers and cohorts, by name.
+    fn save_state(&self) -> SavedState;
+
+    /// Restores a saved state, checked against `model` (every tensor by name and size, the
+    /// kernel's name, buffer sizes, cohort ranges and births) before anything changes.
+    fn load_state(&mut self, saved: &SavedState, model: &dyn Params<E, D>) -> Result<(), GrowError>;
 }
 
 pub(crate) fn check_hyper(
@@ -77,43 +101,4 @@ pub(crate) fn check_weight_decay(wd: Option<WeightDecay>) -> Result<(), GrowErro
         }
         None => Ok(()),
     }
-}
-
-/// Scratch space for one host-side update pass.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Scratch<E> {
-    param: Vec<E>,
-    grad: Vec<E>,
-}
-
-/// Runs `kernel(state, param, grad)` on every tensor of `model`, on host copies, and writes the
-/// parameters back in place (they keep their ids).
-pub(crate) fn host_pass<E: Real, D: Device<E>>(
-    model: &mut dyn Params<E, D>,
-    grads: &mut Gradients<E, D>,
-    state: &mut ModelState<E>,
-    scratch: &mut Scratch<E>,
-    mut kernel: impl FnMut(&mut TensorState<E>, &mut [E], &[E]),
-) -> Result<(), GrowError> {
-    let mut result = Ok(());
-    let mut i = 0;
-    model.visit_mut(&mut |mut p| {
-        if result.is_err() {
-            return;
-        }
-        let n = p.as_ref().len();
-        scratch.param.resize(n, E::zero());
-        p.as_ref().copy_into(&mut scratch.param);
-        let grad = match p.as_ref().host_grad(grads, &mut scratch.grad) {
-            Ok(g) => g,
-            Err(e) => {
-                result = Err(e);
-                return;
-            }
-        };
-        kernel(&mut state.tensors[i], &mut scratch.param, grad);
-        p.copy_from(&scratch.param);
-        i += 1;
-    });
-    result
 }

@@ -1,12 +1,10 @@
 //! Stochastic gradient descent with momentum, Nesterov and weight decay.
 
-use dfdx::prelude::{Device, Gradients};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    check_hyper, check_weight_decay, host_pass, ModelState, Optimizer, Scratch, WeightDecay,
-};
-use crate::{GrowError, Params, Real};
+use super::adaptor::{GrowingOptimizer, Kernel, StepContext, MAX_BUFFERS};
+use super::{check_hyper, check_weight_decay, WeightDecay};
+use crate::{GrowError, Real};
 
 /// Momentum, as in dfdx.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -17,8 +15,10 @@ pub enum Momentum {
     Nesterov(f64),
 }
 
-/// SGD's hyper-parameters (the same meaning and defaults as dfdx's `SgdConfig`).
+/// SGD's hyper-parameters (the same meaning and defaults as dfdx's `SgdConfig`); also the
+/// kernel of [`Sgd`].
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SgdConfig {
     /// Learning rate. Default `1e-2`.
     pub lr: f64,
@@ -39,136 +39,82 @@ impl Default for SgdConfig {
 }
 
 /// SGD whose velocity grows with the weights (new entries start at zero velocity).
-#[derive(Clone, Debug)]
-pub struct Sgd<E> {
-    cfg: SgdConfig,
-    state: ModelState<E>,
-    steps: u64,
-    scratch: Scratch<E>,
-}
+pub type Sgd<E> = GrowingOptimizer<SgdConfig, E>;
 
-impl<E: Real> Sgd<E> {
-    /// An optimizer with `cfg`, checked (finite, non-negative learning rate; momentum in
-    /// [0, 1); non-negative weight decay).
-    pub fn new(cfg: SgdConfig) -> Result<Self, GrowError> {
-        check_hyper("lr", cfg.lr, cfg.lr >= 0.0, "must be finite and >= 0")?;
-        if let Some(Momentum::Classic(u) | Momentum::Nesterov(u)) = cfg.momentum {
-            check_hyper("momentum", u, (0.0..1.0).contains(&u), "must be in [0, 1)")?;
-        }
-        check_weight_decay(cfg.weight_decay)?;
-        Ok(Self {
-            cfg,
-            state: ModelState::default(),
-            steps: 0,
-            scratch: Scratch::default(),
-        })
-    }
-
-    /// Resumes from a saved state and step count (see [`crate::checkpoint::Checkpoint`]);
-    /// the next [`Optimizer::update`] checks that the state fits the model.
-    pub fn with_state(mut self, state: ModelState<E>, steps: u64) -> Self {
-        self.state = state;
-        self.steps = steps;
-        self
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &SgdConfig {
-        &self.cfg
-    }
-
-    /// The velocity of every tensor (empty before the first update or without momentum).
-    pub fn state(&self) -> &ModelState<E> {
-        &self.state
-    }
+impl Kernel for SgdConfig {
+    const NAME: &'static str = "sgd";
 
     fn buffers(&self) -> usize {
-        usize::from(self.cfg.momentum.is_some())
-    }
-}
-
-/// The SGD update of one tensor, with its velocity when momentum is on. A plain function
-/// taking values, so that the compiler vectorises it (as `adam_block`).
-#[inline(never)]
-fn sgd_block<E: Real>(p: &mut [E], g: &[E], vel: Option<&mut [E]>, cfg: SgdConfig) {
-    let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
-    let lr = cast(cfg.lr);
-    let l2 = match cfg.weight_decay {
-        Some(WeightDecay::L2(wd)) => Some(cast(wd)),
-        _ => None,
-    };
-    let decoupled = match cfg.weight_decay {
-        Some(WeightDecay::Decoupled(wd)) => Some(cast(wd * cfg.lr)),
-        _ => None,
-    };
-    // The same operations, in the same order, as dfdx's SGD kernel.
-    let finish = |p: &mut E, mut g: E| {
-        if let Some(d) = decoupled {
-            g += d * *p;
-        }
-        *p -= g;
-    };
-    let with_l2 = |p: &E, g: E| l2.map_or(g, |wd| g + wd * *p);
-    match (cfg.momentum, vel) {
-        (Some(Momentum::Classic(u)), Some(vel)) => {
-            let u = cast(u);
-            for ((p, &g), v) in p.iter_mut().zip(g).zip(vel) {
-                let g = with_l2(p, g);
-                *v = g + u * *v;
-                finish(p, *v * lr);
-            }
-        }
-        (Some(Momentum::Nesterov(u)), Some(vel)) => {
-            let u = cast(u);
-            for ((p, &g), v) in p.iter_mut().zip(g).zip(vel) {
-                let g = with_l2(p, g);
-                *v = g + u * *v;
-                finish(p, (g + u * *v) * lr);
-            }
-        }
-        _ => {
-            for (p, &g) in p.iter_mut().zip(g) {
-                let g = with_l2(p, g);
-                finish(p, g * lr);
-            }
-        }
-    }
-}
-
-impl<E: Real, D: Device<E>> Optimizer<E, D> for Sgd<E> {
-    fn sync(&mut self, model: &dyn Params<E, D>) -> Result<(), GrowError> {
-        let n = self.buffers();
-        self.state.sync(&model.param_dims(), n, self.steps)
-    }
-
-    fn update(
-        &mut self,
-        model: &mut dyn Params<E, D>,
-        grads: &mut Gradients<E, D>,
-    ) -> Result<(), GrowError> {
-        Optimizer::<E, D>::sync(self, model)?;
-        self.steps += 1;
-        let cfg = self.cfg;
-        host_pass(
-            model,
-            grads,
-            &mut self.state,
-            &mut self.scratch,
-            |st, p, g| sgd_block(p, g, st.buffers.first_mut().map(Vec::as_mut_slice), cfg),
-        )
-    }
-
-    fn steps(&self) -> u64 {
-        self.steps
+        usize::from(self.momentum.is_some())
     }
 
     fn lr(&self) -> f64 {
-        self.cfg.lr
+        self.lr
     }
 
-    fn set_lr(&mut self, lr: f64) -> Result<(), GrowError> {
-        check_hyper("lr", lr, lr >= 0.0, "must be finite and >= 0")?;
-        self.cfg.lr = lr;
-        Ok(())
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    /// Finite, non-negative learning rate; momentum in [0, 1); non-negative weight decay.
+    fn check(&self) -> Result<(), GrowError> {
+        check_hyper("lr", self.lr, self.lr >= 0.0, "must be finite and >= 0")?;
+        if let Some(Momentum::Classic(u) | Momentum::Nesterov(u)) = self.momentum {
+            check_hyper("momentum", u, (0.0..1.0).contains(&u), "must be in [0, 1)")?;
+        }
+        check_weight_decay(self.weight_decay)
+    }
+
+    fn constants<E: Real>(&self, ctx: &StepContext) -> [E; 8] {
+        let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
+        let (l2, decoupled) = match self.weight_decay {
+            Some(WeightDecay::L2(wd)) => (cast(wd), E::zero()),
+            Some(WeightDecay::Decoupled(wd)) => (E::zero(), cast(wd * ctx.lr)),
+            None => (E::zero(), E::zero()),
+        };
+        let u = match self.momentum {
+            Some(Momentum::Classic(u) | Momentum::Nesterov(u)) => cast(u),
+            None => E::zero(),
+        };
+        let z = E::zero();
+        [cast(ctx.lr), u, l2, decoupled, z, z, z, z]
+    }
+
+    #[inline(never)]
+    fn update<E: Real>(&self, k: &[E; 8], p: &mut [E], g: &[E], state: [&mut [E]; MAX_BUFFERS]) {
+        let [lr, u, l2, decoupled, ..] = *k;
+        let has_l2 = matches!(self.weight_decay, Some(WeightDecay::L2(_)));
+        let has_decoupled = matches!(self.weight_decay, Some(WeightDecay::Decoupled(_)));
+        // The same operations, in the same order, as dfdx's SGD kernel.
+        let finish = |p: &mut E, mut g: E| {
+            if has_decoupled {
+                g += decoupled * *p;
+            }
+            *p -= g;
+        };
+        let with_l2 = |p: &E, g: E| if has_l2 { g + l2 * *p } else { g };
+        let [vel, _] = state;
+        match self.momentum {
+            Some(Momentum::Classic(_)) => {
+                for ((p, &g), v) in p.iter_mut().zip(g).zip(vel) {
+                    let g = with_l2(p, g);
+                    *v = g + u * *v;
+                    finish(p, *v * lr);
+                }
+            }
+            Some(Momentum::Nesterov(_)) => {
+                for ((p, &g), v) in p.iter_mut().zip(g).zip(vel) {
+                    let g = with_l2(p, g);
+                    *v = g + u * *v;
+                    finish(p, (g + u * *v) * lr);
+                }
+            }
+            None => {
+                for (p, &g) in p.iter_mut().zip(g) {
+                    let g = with_l2(p, g);
+                    finish(p, g * lr);
+                }
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Per-tensor optimizer state that grows with its tensor.
+//! Per-tensor optimizer state that grows with its tensor, keyed by the tensor's name.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,13 +13,15 @@ pub struct Cohort {
     pub born: u64,
 }
 
-/// The state buffers of one tensor (e.g. Adam's two moments), row-major, plus when each
+/// The state buffers of one named tensor (e.g. Adam's two moments), row-major, plus when each
 /// row and column was born.
 ///
 /// Growth only appends rows and columns, so an element's birth is the later of its row's and
 /// its column's, and the tensor splits into rectangles that share one birth step.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TensorState<E> {
+    /// The tensor's name in the model's parameter walk.
+    pub name: String,
     /// `(rows, columns)`.
     pub dims: (usize, usize),
     /// One buffer per state variable.
@@ -31,9 +33,10 @@ pub struct TensorState<E> {
 }
 
 impl<E: Copy + Default> TensorState<E> {
-    /// Zeroed state for a tensor of `dims`, born at step `born`.
-    pub fn new(dims: (usize, usize), n_buffers: usize, born: u64) -> Self {
+    /// Zeroed state for a tensor `name` of `dims`, born at step `born`.
+    pub fn new(name: &str, dims: (usize, usize), n_buffers: usize, born: u64) -> Self {
         Self {
+            name: name.to_string(),
             dims,
             buffers: vec![vec![E::default(); dims.0 * dims.1]; n_buffers],
             rows: vec![Cohort { start: 0, born }],
@@ -45,15 +48,21 @@ impl<E: Copy + Default> TensorState<E> {
     pub fn check_resize(&self, dims: (usize, usize)) -> Result<(), GrowError> {
         if dims.0 < self.dims.0 || dims.1 < self.dims.1 {
             return Err(GrowError::StateMismatch(format!(
-                "a tensor shrank from {:?} to {:?}; growth only appends rows and columns",
-                self.dims, dims
+                "tensor {:?} shrank from {:?} to {:?}; growth only appends rows and columns",
+                self.name, self.dims, dims
+            )));
+        }
+        if dims.0.checked_mul(dims.1).is_none() {
+            return Err(GrowError::StateMismatch(format!(
+                "tensor {:?} of {dims:?} has more elements than memory can address",
+                self.name
             )));
         }
         Ok(())
     }
 
     /// Follows a tensor that grew to `dims` at step `born`: old entries stay where they were
-    /// (top-left), new entries are zero.
+    /// (top-left), new entries are zero. One allocation per buffer.
     pub fn resize(&mut self, dims: (usize, usize), born: u64) {
         let (r0, c0) = self.dims;
         let (r1, c1) = dims;
@@ -61,6 +70,11 @@ impl<E: Copy + Default> TensorState<E> {
             return;
         }
         for buf in &mut self.buffers {
+            if c1 == c0 {
+                // Only rows were appended: the old entries are a prefix.
+                buf.resize(r1 * c1, E::default());
+                continue;
+            }
             let mut grown = vec![E::default(); r1 * c1];
             for r in 0..r0 {
                 grown[r * c1..r * c1 + c0].copy_from_slice(&buf[r * c0..(r + 1) * c0]);
@@ -108,66 +122,121 @@ impl<E: Copy + Default> TensorState<E> {
             }
         }
     }
+
+    /// Checks that the state is well-formed: buffer lengths, cohort order and range, births
+    /// no later than `steps`.
+    pub fn validate(&self, n_buffers: usize, steps: u64) -> Result<(), GrowError> {
+        let bad = |why: String| Err(GrowError::StateMismatch(format!("tensor {:?}: {why}", self.name)));
+        let Some(len) = self.dims.0.checked_mul(self.dims.1) else {
+            return bad(format!("dims {:?} overflow", self.dims));
+        };
+        if self.buffers.len() != n_buffers {
+            return bad(format!(
+                "{} state buffers, the optimizer keeps {n_buffers}",
+                self.buffers.len()
+            ));
+        }
+        if let Some(b) = self.buffers.iter().find(|b| b.len() != len) {
+            return bad(format!("a buffer of {} values for dims {:?}", b.len(), self.dims));
+        }
+        for (cohorts, n, what) in [(&self.rows, self.dims.0, "row"), (&self.cols, self.dims.1, "column")] {
+            if cohorts.first().map(|c| c.start) != Some(0) {
+                return bad(format!("its {what} cohorts must start at 0"));
+            }
+            for pair in cohorts.windows(2) {
+                if pair[1].start <= pair[0].start {
+                    return bad(format!("its {what} cohorts are not in increasing order"));
+                }
+            }
+            if let Some(c) = cohorts.iter().skip(1).find(|c| c.start >= n) {
+                return bad(format!("a {what} cohort starts at {} of {n}", c.start));
+            }
+            if let Some(c) = cohorts.iter().find(|c| c.born > steps) {
+                return bad(format!("a {what} cohort born at step {} after {steps} steps", c.born));
+            }
+        }
+        Ok(())
+    }
+
+    /// The same state with every value converted by `f`.
+    pub fn map<F>(&self, f: impl Fn(&E) -> F) -> TensorState<F> {
+        TensorState {
+            name: self.name.clone(),
+            dims: self.dims,
+            buffers: self.buffers.iter().map(|b| b.iter().map(&f).collect()).collect(),
+            rows: self.rows.clone(),
+            cols: self.cols.clone(),
+        }
+    }
 }
 
 /// The state of every tensor of a model, in the order of its parameter walk.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelState<E> {
     /// One entry per tensor.
     pub tensors: Vec<TensorState<E>>,
 }
 
-impl<E> ModelState<E> {
-    /// The same state with every value converted by `f` (e.g. f32 to f64 for a checkpoint).
-    pub fn map<F>(&self, f: impl Fn(&E) -> F) -> ModelState<F> {
-        ModelState {
-            tensors: self
-                .tensors
-                .iter()
-                .map(|t| TensorState {
-                    dims: t.dims,
-                    buffers: t
-                        .buffers
-                        .iter()
-                        .map(|b| b.iter().map(&f).collect())
-                        .collect(),
-                    rows: t.rows.clone(),
-                    cols: t.cols.clone(),
-                })
-                .collect(),
-        }
-    }
-}
-
 impl<E: Copy + Default> ModelState<E> {
-    /// Makes the state follow a model whose tensors now have `dims`: allocates it on first
-    /// use, pads grown tensors (new entries born at `step`), and refuses anything else without
-    /// changing the state.
+    /// Makes the state follow a model whose tensors are now `dims` (name and size, in walk
+    /// order): allocates it on first use, pads grown tensors (new entries born at `step`),
+    /// gives tensors it has not seen (a new block) fresh state born at `step`, and refuses
+    /// anything else (a tensor that shrank, or one that disappeared) without changing the
+    /// state.
     pub fn sync(
         &mut self,
-        dims: &[(usize, usize)],
+        dims: &[(String, (usize, usize))],
         n_buffers: usize,
         step: u64,
     ) -> Result<(), GrowError> {
-        if self.tensors.is_empty() {
-            self.tensors = dims
-                .iter()
-                .map(|&d| TensorState::new(d, n_buffers, step))
-                .collect();
+        let same_order = self.tensors.len() == dims.len()
+            && self.tensors.iter().zip(dims).all(|(t, (n, _))| t.name == *n);
+        if same_order {
+            for (s, (_, d)) in self.tensors.iter().zip(dims) {
+                s.check_resize(*d)?;
+            }
+            for (s, (_, d)) in self.tensors.iter_mut().zip(dims) {
+                s.resize(*d, step);
+            }
             return Ok(());
         }
-        if dims.len() != self.tensors.len() {
-            return Err(GrowError::StateMismatch(format!(
-                "the optimizer holds state for {} tensors but the model has {}",
-                self.tensors.len(),
-                dims.len()
-            )));
+        self.plan_sync(dims)?;
+        let mut old: std::collections::BTreeMap<String, TensorState<E>> = std::mem::take(&mut self.tensors)
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        self.tensors = dims
+            .iter()
+            .map(|(name, d)| match old.remove(name) {
+                Some(mut t) => {
+                    t.resize(*d, step);
+                    t
+                }
+                None => TensorState::new(name, *d, n_buffers, step),
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Every check of [`ModelState::sync`], changing nothing.
+    pub fn plan_sync(&self, dims: &[(String, (usize, usize))]) -> Result<(), GrowError> {
+        let by_name: std::collections::BTreeMap<&str, (usize, usize)> =
+            dims.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+        if by_name.len() != dims.len() {
+            return Err(GrowError::StateMismatch(
+                "the model names two tensors alike".into(),
+            ));
         }
-        for (s, &d) in self.tensors.iter().zip(dims) {
-            s.check_resize(d)?;
-        }
-        for (s, &d) in self.tensors.iter_mut().zip(dims) {
-            s.resize(d, step);
+        for t in &self.tensors {
+            match by_name.get(t.name.as_str()) {
+                Some(d) => t.check_resize(*d)?,
+                None => {
+                    return Err(GrowError::StateMismatch(format!(
+                        "the optimizer holds state for tensor {:?}, which the model no longer has",
+                        t.name
+                    )))
+                }
+            }
         }
         Ok(())
     }

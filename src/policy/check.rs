@@ -1,5 +1,6 @@
 //! Semantic checks of a [`PolicySpec`]; every error names the field path.
 
+use super::schedule::{Event, Grow};
 use super::{Cross, GradNormSpec, PlateauSpec, PolicySpec, Size, Target, Threshold, MAX_DEPTH};
 use crate::init::Init;
 
@@ -29,27 +30,44 @@ fn unit_interval(path: &str, v: f64, closed_top: bool) -> Check {
 
 /// Walks a spec, remembering the fixed sizes seen (for limits that contradict them).
 pub(crate) struct Checker {
-    n_hidden: Option<usize>,
     fixed: Vec<(String, usize)>,
 }
 
 impl Checker {
-    pub(crate) fn new(n_hidden: Option<usize>) -> Self {
-        Checker {
-            n_hidden,
-            fixed: Vec::new(),
-        }
+    pub(crate) fn new() -> Self {
+        Checker { fixed: Vec::new() }
     }
 
-    fn layer(&self, path: &str, i: usize) -> Check {
-        match self.n_hidden {
-            Some(n) if i >= n => fail(path, format!("layer {i} does not exist (model has {n})")),
+    fn target(&self, path: &str, t: &Target) -> Check {
+        match t {
+            Target::Site(name) if name.is_empty() => fail(path, "a site name cannot be empty"),
             _ => Ok(()),
         }
     }
 
-    fn target(&self, path: &str, t: &Target) -> Check {
-        t.explicit_layer().map_or(Ok(()), |i| self.layer(path, i))
+    fn event(&mut self, p: &str, e: &Event) -> Check {
+        match (&e.grow, &e.target, &e.size) {
+            (Grow::Width, Some(target), Some(size)) => {
+                self.target(&format!("{p}.target"), target)?;
+                self.init(&format!("{p}.init"), &e.init)?;
+                self.size(&format!("{p}.size"), size, &e.init)
+            }
+            (Grow::Width, None, _) => fail(&format!("{p}.target"), "a width growth needs a target"),
+            (Grow::Width, _, None) => fail(&format!("{p}.size"), "a width growth needs a size"),
+            (Grow::Depth { .. }, Some(_), _) | (Grow::Depth { .. }, _, Some(_)) => fail(
+                &format!("{p}.grow"),
+                "a Depth growth takes no target or size (it names its block with `after`)",
+            ),
+            (Grow::Depth { after, hidden }, None, None) => {
+                if after.is_empty() {
+                    return fail(&format!("{p}.grow.after"), "must name a block");
+                }
+                if *hidden == 0 {
+                    return fail(&format!("{p}.grow.hidden"), "must be at least 1");
+                }
+                Ok(())
+            }
+        }
     }
 
     fn size(&mut self, path: &str, s: &Size, init: &Init) -> Check {
@@ -112,7 +130,12 @@ impl Checker {
         }
         for (i, r) in s.rules.iter().enumerate() {
             let rp = format!("{p}.rules[{i}]");
-            self.layer(&format!("{rp}.layer"), r.layer)?;
+            match (&r.layer, &r.site) {
+                (None, None) => return fail(&rp, "name the site: `layer: 0` or `site: \"name\"`"),
+                (Some(_), Some(_)) => return fail(&rp, "give `layer` or `site`, not both"),
+                (None, Some(name)) => self.target(&format!("{rp}.site"), &Target::Site(name.clone()))?,
+                (Some(_), None) => {}
+            }
             match r.cross {
                 Cross::Above(x) | Cross::Below(x) => non_negative(&format!("{rp}.cross"), x)?,
                 Cross::AboveMean { factor, alpha } | Cross::BelowMean { factor, alpha } => {
@@ -144,9 +167,7 @@ impl Checker {
                     return fail(&p, "needs at least one event");
                 }
                 for (i, e) in s.events.iter().enumerate() {
-                    self.target(&format!("{p}[{i}].target"), &e.target)?;
-                    self.init(&format!("{p}[{i}].init"), &e.init)?;
-                    self.size(&format!("{p}[{i}].size"), &e.size, &e.init)?;
+                    self.event(&format!("{p}[{i}]"), e)?;
                 }
                 Ok(())
             }

@@ -1,36 +1,25 @@
 //! Policies built from policies: [`AnyOf`], [`AllOf`], [`Sequence`].
 //!
 //! A combinator names the branch that fired in [`Decision::policy`], as `any_of[i]/<child>`,
-//! `all_of[<c0>,<c1>..]` or `sequence[i]/<child>`, and routes `on_growth` / `on_refused` back
-//! to the child (or children) whose decision it was.
+//! `all_of[<c0>,<c1>..]` or `sequence[i]/<child>`, remembers which child (or children) it was,
+//! and routes `on_growth` / `on_refused` back to it with the decision as carried out.
 
 use serde_json::{json, Value};
 
-use super::{from_state, Decision, Declined, GrowthPolicy, Metrics, PolicyError};
+use super::{from_state, Decision, Declined, Growth, GrowthPolicy, Metrics, PolicyError};
 
-/// Split `tag[i]/rest` into `(i, rest)`.
-fn route<'a>(policy: &'a str, tag: &str) -> Option<(usize, &'a str)> {
-    let rest = policy.strip_prefix(tag)?.strip_prefix('[')?;
-    let (i, rest) = rest.split_once("]/")?;
-    Some((i.parse().ok()?, rest))
+fn save_all<'a>(children: impl Iterator<Item = &'a dyn GrowthPolicy>) -> Vec<Value> {
+    children.map(|c| c.save_state()).collect()
 }
 
-fn relabel(d: &Decision, policy: &str) -> Decision {
-    Decision {
-        policy: policy.to_string(),
-        ..d.clone()
-    }
-}
-
-fn save_all(children: &[Box<dyn GrowthPolicy>]) -> Vec<Value> {
-    children.iter().map(|c| c.save_state()).collect()
-}
-
-fn load_all(
+/// Loads every child's state, or none: a child that refuses its state leaves all of them as
+/// they were.
+fn load_all<'a>(
     name: &str,
-    children: &mut [Box<dyn GrowthPolicy>],
+    children: impl Iterator<Item = &'a mut Box<dyn GrowthPolicy>>,
     s: &Value,
 ) -> Result<(), PolicyError> {
+    let mut children: Vec<&mut Box<dyn GrowthPolicy>> = children.collect();
     let states: Vec<Value> = from_state(name, &s["children"])?;
     if states.len() != children.len() {
         return Err(PolicyError::State {
@@ -42,70 +31,114 @@ fn load_all(
             ),
         });
     }
-    children
-        .iter_mut()
-        .zip(&states)
-        .try_for_each(|(c, s)| c.load_state(s))
+    let backup: Vec<Value> = children.iter().map(|c| c.save_state()).collect();
+    for (i, st) in states.iter().enumerate() {
+        if let Err(e) = children[i].load_state(st) {
+            for (c, b) in children.iter_mut().zip(&backup).take(i + 1) {
+                let _ = c.load_state(b);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
-fn names(children: &[Box<dyn GrowthPolicy>]) -> String {
-    let v: Vec<String> = children.iter().map(|c| c.name()).collect();
-    v.join(",")
+fn names<'a>(children: impl Iterator<Item = &'a dyn GrowthPolicy>) -> String {
+    children.map(|c| c.name()).collect::<Vec<_>>().join(",")
+}
+
+/// The decision as carried out, under the label the child gave it.
+fn as_child(applied: &Decision, label: &str) -> Decision {
+    Decision {
+        policy: label.to_string(),
+        ..applied.clone()
+    }
+}
+
+fn check_all<'a>(
+    tag: &str,
+    children: impl Iterator<Item = &'a dyn GrowthPolicy>,
+    m: &Metrics,
+) -> Result<(), PolicyError> {
+    children
+        .enumerate()
+        .try_for_each(|(i, c)| c.check(m).map_err(|e| e.under(&format!("{tag}[{i}]"))))
 }
 
 /// Fires with the first child (in order) that fires. Every child observes every step, so their
 /// state stays current; decisions of later children that fired at the same step are dropped
 /// (they have already reset their own counters, as if refused).
 #[derive(Debug)]
-pub struct AnyOf(pub Vec<Box<dyn GrowthPolicy>>);
+pub struct AnyOf {
+    children: Vec<Box<dyn GrowthPolicy>>,
+    /// The child that fired at the last observation, and its own label.
+    fired: Option<(usize, String)>,
+}
+
+impl AnyOf {
+    /// Any of `children`.
+    pub fn new(children: Vec<Box<dyn GrowthPolicy>>) -> Self {
+        AnyOf {
+            children,
+            fired: None,
+        }
+    }
+}
 
 impl GrowthPolicy for AnyOf {
     fn observe(&mut self, m: &Metrics) -> Option<Decision> {
         let mut first = None;
-        for (i, c) in self.0.iter_mut().enumerate() {
+        for (i, c) in self.children.iter_mut().enumerate() {
             if let Some(d) = c.observe(m) {
                 first.get_or_insert((i, d));
             }
         }
         let (i, d) = first?;
-        Some(relabel(&d, &format!("any_of[{i}]/{}", d.policy)))
+        self.fired = Some((i, d.policy.clone()));
+        Some(Decision {
+            policy: format!("any_of[{i}]/{}", d.policy),
+            ..d
+        })
     }
 
     fn on_growth(&mut self, applied: &Decision) {
-        if let Some((i, rest)) = route(&applied.policy, "any_of") {
-            if let Some(c) = self.0.get_mut(i) {
-                c.on_growth(&relabel(applied, rest));
-            }
+        if let Some((i, label)) = self.fired.take() {
+            self.children[i].on_growth(&as_child(applied, &label));
         }
     }
 
     fn on_refused(&mut self, refused: &Decision, why: &str) {
-        if let Some((i, rest)) = route(&refused.policy, "any_of") {
-            if let Some(c) = self.0.get_mut(i) {
-                c.on_refused(&relabel(refused, rest), why);
-            }
+        if let Some((i, label)) = self.fired.take() {
+            self.children[i].on_refused(&as_child(refused, &label), why);
         }
     }
 
     fn take_declined(&mut self) -> Vec<Declined> {
-        self.0.iter_mut().flat_map(|c| c.take_declined()).collect()
+        self.children
+            .iter_mut()
+            .flat_map(|c| c.take_declined())
+            .collect()
     }
 
     fn name(&self) -> String {
-        format!("any_of[{}]", names(&self.0))
+        format!("any_of[{}]", names(self.children.iter().map(|c| &**c)))
     }
 
     fn save_state(&self) -> Value {
-        json!({ "children": save_all(&self.0) })
+        json!({ "children": save_all(self.children.iter().map(|c| &**c)) })
     }
 
     fn load_state(&mut self, s: &Value) -> Result<(), PolicyError> {
-        load_all("any_of", &mut self.0, s)
+        load_all("any_of", self.children.iter_mut(), s)
+    }
+
+    fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
+        check_all("AnyOf", self.children.iter().map(|c| &**c), m)
     }
 }
 
 /// Fires only when every child fires at the same observation; the growths are merged (the
-/// largest `k` per layer wins, with the first child's init). Every child observes every step.
+/// largest `k` per site wins, with the first child's init). Every child observes every step.
 #[derive(Debug)]
 pub struct AllOf {
     children: Vec<Box<dyn GrowthPolicy>>,
@@ -130,29 +163,27 @@ impl GrowthPolicy for AllOf {
             return None;
         }
         self.pending = all.into_iter().flatten().collect();
+        let join = |f: &dyn Fn(&Decision) -> &str, sep| {
+            self.pending.iter().map(f).collect::<Vec<_>>().join(sep)
+        };
         let mut merged = Decision {
             growths: Vec::new(),
-            policy: format!(
-                "all_of[{}]",
-                self.pending
-                    .iter()
-                    .map(|d| d.policy.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-            reason: self
-                .pending
-                .iter()
-                .map(|d| d.reason.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
+            policy: format!("all_of[{}]", join(&|d| d.policy.as_str(), ",")),
+            reason: join(&|d| d.reason.as_str(), "; "),
             evidence: Default::default(),
         };
         for (i, d) in self.pending.iter().enumerate() {
             for g in &d.growths {
-                match merged.growths.iter_mut().find(|h| h.layer == g.layer) {
-                    Some(h) => h.k = h.k.max(g.k),
-                    None => merged.growths.push(g.clone()),
+                let same = merged.growths.iter_mut().find(|h| match (&**h, g) {
+                    (Growth::Width { site: a, .. }, Growth::Width { site: b, .. }) => a == b,
+                    _ => *h == g,
+                });
+                match (same, g) {
+                    (Some(Growth::Width { k, .. }), Growth::Width { k: k2, .. }) => {
+                        *k = (*k).max(*k2)
+                    }
+                    (Some(_), _) => {}
+                    (None, _) => merged.growths.push(g.clone()),
                 }
             }
             for (k, v) in &d.evidence {
@@ -163,21 +194,15 @@ impl GrowthPolicy for AllOf {
     }
 
     fn on_growth(&mut self, _applied: &Decision) {
-        for (c, d) in self
-            .children
-            .iter_mut()
-            .zip(std::mem::take(&mut self.pending))
-        {
+        let pending = std::mem::take(&mut self.pending);
+        for (c, d) in self.children.iter_mut().zip(pending) {
             c.on_growth(&d);
         }
     }
 
     fn on_refused(&mut self, _refused: &Decision, why: &str) {
-        for (c, d) in self
-            .children
-            .iter_mut()
-            .zip(std::mem::take(&mut self.pending))
-        {
+        let pending = std::mem::take(&mut self.pending);
+        for (c, d) in self.children.iter_mut().zip(pending) {
             c.on_refused(&d, why);
         }
     }
@@ -190,17 +215,21 @@ impl GrowthPolicy for AllOf {
     }
 
     fn name(&self) -> String {
-        format!("all_of[{}]", names(&self.children))
+        format!("all_of[{}]", names(self.children.iter().map(|c| &**c)))
     }
 
     fn save_state(&self) -> Value {
-        json!({ "children": save_all(&self.children), "pending": self.pending })
+        json!({ "children": save_all(self.children.iter().map(|c| &**c)) })
     }
 
     fn load_state(&mut self, s: &Value) -> Result<(), PolicyError> {
-        load_all("all_of", &mut self.children, s)?;
-        self.pending = from_state("all_of", &s["pending"])?;
+        load_all("all_of", self.children.iter_mut(), s)?;
+        self.pending.clear();
         Ok(())
+    }
+
+    fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
+        check_all("AllOf", self.children.iter().map(|c| &**c), m)
     }
 }
 
@@ -209,30 +238,27 @@ impl GrowthPolicy for AllOf {
 /// (with fresh state). After the last stage is done the sequence never fires again.
 #[derive(Debug)]
 pub struct Sequence {
-    /// `(policy, times)` pairs.
-    pub stages: Vec<(Box<dyn GrowthPolicy>, u32)>,
+    stages: Vec<(Box<dyn GrowthPolicy>, u32)>,
     current: usize,
     done_in_stage: u32,
+    /// The current stage's own label for its last decision.
+    fired: Option<String>,
 }
 
 impl Sequence {
-    /// A sequence starting at its first stage.
+    /// A sequence starting at its first stage; `stages` are `(policy, times)` pairs.
     pub fn new(stages: Vec<(Box<dyn GrowthPolicy>, u32)>) -> Self {
         Sequence {
             stages,
             current: 0,
             done_in_stage: 0,
+            fired: None,
         }
     }
 
-    fn forward(&mut self, d: &Decision, f: impl FnOnce(&mut dyn GrowthPolicy, &Decision)) -> bool {
-        match route(&d.policy, "sequence") {
-            Some((i, rest)) if i == self.current && i < self.stages.len() => {
-                f(self.stages[i].0.as_mut(), &relabel(d, rest));
-                true
-            }
-            _ => false,
-        }
+    /// The index of the stage in force (`stages` when all are done).
+    pub fn current(&self) -> usize {
+        self.current
     }
 }
 
@@ -240,21 +266,32 @@ impl GrowthPolicy for Sequence {
     fn observe(&mut self, m: &Metrics) -> Option<Decision> {
         let i = self.current;
         let d = self.stages.get_mut(i)?.0.observe(m)?;
-        Some(relabel(&d, &format!("sequence[{i}]/{}", d.policy)))
+        self.fired = Some(d.policy.clone());
+        Some(Decision {
+            policy: format!("sequence[{i}]/{}", d.policy),
+            ..d
+        })
     }
 
     fn on_growth(&mut self, applied: &Decision) {
-        if self.forward(applied, |c, d| c.on_growth(d)) {
-            self.done_in_stage += 1;
-            if self.done_in_stage >= self.stages[self.current].1 {
-                self.current += 1;
-                self.done_in_stage = 0;
-            }
+        let Some(label) = self.fired.take() else {
+            return;
+        };
+        let (stage, times) = &mut self.stages[self.current];
+        stage.on_growth(&as_child(applied, &label));
+        self.done_in_stage += 1;
+        if self.done_in_stage >= *times {
+            self.current += 1;
+            self.done_in_stage = 0;
         }
     }
 
     fn on_refused(&mut self, refused: &Decision, why: &str) {
-        self.forward(refused, |c, d| c.on_refused(d, why));
+        if let Some(label) = self.fired.take() {
+            self.stages[self.current]
+                .0
+                .on_refused(&as_child(refused, &label), why);
+        }
     }
 
     fn take_declined(&mut self) -> Vec<Declined> {
@@ -274,27 +311,37 @@ impl GrowthPolicy for Sequence {
     }
 
     fn save_state(&self) -> Value {
-        let children: Vec<Value> = self.stages.iter().map(|(c, _)| c.save_state()).collect();
+        let children = save_all(self.stages.iter().map(|(c, _)| &**c));
         json!({ "children": children, "current": self.current, "done_in_stage": self.done_in_stage })
     }
 
     fn load_state(&mut self, s: &Value) -> Result<(), PolicyError> {
-        let states: Vec<Value> = from_state("sequence", &s["children"])?;
-        if states.len() != self.stages.len() {
-            return Err(PolicyError::State {
-                policy: "sequence".into(),
-                reason: format!(
-                    "{} stage states for {} stages",
-                    states.len(),
-                    self.stages.len()
-                ),
-            });
+        let current: usize = from_state("sequence", &s["current"])?;
+        let done: u32 = from_state("sequence", &s["done_in_stage"])?;
+        let bad = |reason: String| PolicyError::State {
+            policy: "sequence".into(),
+            reason,
+        };
+        if current > self.stages.len() {
+            return Err(bad(format!(
+                "stage {current} of a sequence of {} stages",
+                self.stages.len()
+            )));
         }
-        for ((c, _), st) in self.stages.iter_mut().zip(&states) {
-            c.load_state(st)?;
+        if let Some((_, times)) = self.stages.get(current).filter(|(_, t)| done >= *t) {
+            return Err(bad(format!("{done} growths done in a stage of {times}")));
         }
-        self.current = from_state("sequence", &s["current"])?;
-        self.done_in_stage = from_state("sequence", &s["done_in_stage"])?;
+        load_all("sequence", self.stages.iter_mut().map(|(c, _)| c), s)?;
+        self.current = current;
+        self.done_in_stage = done;
+        self.fired = None;
         Ok(())
+    }
+
+    fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
+        self.stages.iter().enumerate().try_for_each(|(i, (c, _))| {
+            c.check(m)
+                .map_err(|e| e.under(&format!("Sequence[{i}].policy")))
+        })
     }
 }

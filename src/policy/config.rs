@@ -10,7 +10,8 @@ use ron::extensions::Extensions;
 use serde::{Deserialize, Serialize};
 
 use super::check::Checker;
-use super::{AllOf, AnyOf, GradNorm, GradNormSpec, GrowthPolicy, Limits, LimitsSpec, Plateau};
+use super::{AllOf, AnyOf, Decision, Declined, GradNorm, GradNormSpec, GrowthPolicy, Limits};
+use super::{LimitsSpec, Metrics, Plateau};
 use super::{PlateauSpec, PolicyError, Schedule, ScheduleSpec, Sequence};
 
 /// Deepest nesting of combinators and [`PolicySpec::Limits`] accepted.
@@ -102,7 +103,7 @@ impl PolicySpec {
                 near,
             }
         })?;
-        spec.check(origin, None)?;
+        spec.check(origin)?;
         Ok(spec)
     }
 
@@ -117,17 +118,18 @@ impl PolicySpec {
 
     /// Check every value; errors name the field path.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        self.check("<spec>", None)
+        self.check("<spec>")
     }
 
-    /// Like [`validate`](Self::validate), and also reject layer indices a model with
-    /// `n_hidden` hidden layers does not have.
-    pub fn validate_for(&self, n_hidden: usize) -> Result<(), PolicyError> {
-        self.check("<spec>", Some(n_hidden))
+    /// Like [`validate`](Self::validate), and also reject sites the model that `m` describes
+    /// does not have and signals its metrics lack (see [`GrowthPolicy::check`]).
+    pub fn validate_for(&self, m: &Metrics) -> Result<(), PolicyError> {
+        self.validate()?;
+        self.build().check(m)
     }
 
-    fn check(&self, origin: &str, n_hidden: Option<usize>) -> Result<(), PolicyError> {
-        Checker::new(n_hidden)
+    fn check(&self, origin: &str) -> Result<(), PolicyError> {
+        Checker::new()
             .spec(self, "", 1)
             .map_err(|(path, reason)| PolicyError::Invalid {
                 origin: origin.to_string(),
@@ -143,7 +145,7 @@ impl PolicySpec {
             PolicySpec::Plateau(s) => Box::new(Plateau::new(s.clone())),
             PolicySpec::GradNorm(s) => Box::new(GradNorm::new(s.clone())),
             PolicySpec::Schedule(s) => Box::new(Schedule::new(s.clone())),
-            PolicySpec::AnyOf(v) => Box::new(AnyOf(v.iter().map(Self::build).collect())),
+            PolicySpec::AnyOf(v) => Box::new(AnyOf::new(v.iter().map(Self::build).collect())),
             PolicySpec::AllOf(v) => Box::new(AllOf::new(v.iter().map(Self::build).collect())),
             PolicySpec::Sequence(v) => Box::new(Sequence::new(
                 v.iter().map(|s| (s.policy.build(), s.times)).collect(),
@@ -176,23 +178,69 @@ impl PolicySpec {
     }
 }
 
-/// Read, parse and validate a policy spec file.
+/// The largest policy file [`load_spec`] reads.
+pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+
+/// Read, parse and validate a policy spec file (at most [`MAX_POLICY_BYTES`]; a FIFO, a
+/// device or a directory is refused without reading).
 pub fn load_spec(path: impl AsRef<Path>) -> Result<PolicySpec, PolicyError> {
     let path = path.as_ref();
     let origin = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| PolicyError::Io {
+    let bytes = crate::fsio::read_bounded(path, MAX_POLICY_BYTES).map_err(|e| PolicyError::Io {
         origin: origin.clone(),
-        source,
+        source: std::io::Error::other(e.to_string()),
     })?;
     PolicySpec::from_bytes(&bytes, &origin)
 }
 
-/// Read, parse and validate a policy file and build the policy.
+/// Read, parse and validate a policy file and build the policy; the policy's errors against a
+/// model ([`GrowthPolicy::check`]) name the file.
 pub fn load_policy(path: impl AsRef<Path>) -> Result<Box<dyn GrowthPolicy>, PolicyError> {
-    Ok(load_spec(path)?.build())
+    let path = path.as_ref();
+    Ok(Box::new(FromOrigin {
+        origin: path.display().to_string(),
+        inner: load_spec(path)?.build(),
+    }))
 }
 
 /// Parse and validate RON text and build the policy; `origin` names the text in errors.
 pub fn policy_from_str(s: &str, origin: &str) -> Result<Box<dyn GrowthPolicy>, PolicyError> {
-    Ok(PolicySpec::from_ron(s, origin)?.build())
+    Ok(Box::new(FromOrigin {
+        origin: origin.to_string(),
+        inner: PolicySpec::from_ron(s, origin)?.build(),
+    }))
+}
+
+/// A policy read from a file or a string: itself, with errors that name where it came from.
+#[derive(Debug)]
+struct FromOrigin {
+    origin: String,
+    inner: Box<dyn GrowthPolicy>,
+}
+
+impl GrowthPolicy for FromOrigin {
+    fn observe(&mut self, m: &Metrics) -> Option<Decision> {
+        self.inner.observe(m)
+    }
+    fn on_growth(&mut self, applied: &Decision) {
+        self.inner.on_growth(applied)
+    }
+    fn on_refused(&mut self, refused: &Decision, why: &str) {
+        self.inner.on_refused(refused, why)
+    }
+    fn take_declined(&mut self) -> Vec<Declined> {
+        self.inner.take_declined()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn save_state(&self) -> serde_json::Value {
+        self.inner.save_state()
+    }
+    fn load_state(&mut self, s: &serde_json::Value) -> Result<(), PolicyError> {
+        self.inner.load_state(s)
+    }
+    fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
+        self.inner.check(m).map_err(|e| e.from_origin(&self.origin))
+    }
 }

@@ -7,21 +7,50 @@ use serde::{Deserialize, Serialize};
 use super::Metrics;
 use crate::init::Init;
 
-/// A request to grow one hidden layer.
+/// A request to grow the model: units at a site, or a new block.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Growth {
-    /// Hidden layer index, 0-based.
-    pub layer: usize,
-    /// Number of units to add.
-    pub k: usize,
-    /// How the new units are initialised.
-    pub init: Init,
+pub enum Growth {
+    /// Add `k` units to site `site`.
+    Width {
+        /// The site's name.
+        site: String,
+        /// Number of units to add.
+        k: usize,
+        /// How the new units are initialised.
+        init: Init,
+    },
+    /// Insert a new block of `hidden` units after block `after` (the new block adds exactly
+    /// zero to the function).
+    Depth {
+        /// The block after which the new one goes.
+        after: String,
+        /// The new block's hidden width.
+        hidden: usize,
+    },
+}
+
+impl Growth {
+    /// The site a width growth adds to, or the block a depth growth follows.
+    pub fn place(&self) -> &str {
+        match self {
+            Growth::Width { site, .. } => site,
+            Growth::Depth { after, .. } => after,
+        }
+    }
+
+    /// The units a width growth adds (0 for depth).
+    pub fn units(&self) -> usize {
+        match self {
+            Growth::Width { k, .. } => *k,
+            Growth::Depth { .. } => 0,
+        }
+    }
 }
 
 /// A policy's decision to grow, with the numbers that justify it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
-    /// The growths to carry out, at most one per layer.
+    /// The growths to carry out, at most one per site.
     pub growths: Vec<Growth>,
     /// Which policy, or which branch of a combinator, fired, e.g. `any_of[1]/plateau`.
     pub policy: String,
@@ -74,45 +103,73 @@ impl Size {
     }
 }
 
-/// Which hidden layer(s) a growth goes to.
+/// Which site(s) a growth goes to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Target {
-    /// Hidden layer `i` (0-based).
+    /// The `i`-th site of the model, in [`Metrics::sites`] order (for an [`crate::Mlp`],
+    /// hidden layer `i`).
     Layer(usize),
-    /// Every hidden layer.
+    /// The site of this name, e.g. `Site("blocks.1.hidden")`.
+    Site(String),
+    /// Every site.
     All,
-    /// The layer whose gradient norm ([`Metrics::grad_norms`]) is largest; ties go to the lower
-    /// index; non-finite norms are ignored.
+    /// The site whose gradient norm is largest; ties go to the first; missing and non-finite
+    /// norms are ignored.
     LargestGradNorm,
-    /// The narrowest layer; ties go to the lower index.
+    /// The narrowest site; ties go to the first.
     SmallestWidth,
 }
 
 impl Target {
-    /// The layers this target selects for the given metrics (empty when none qualifies, e.g. a
-    /// `Layer(i)` the model does not have or no finite gradient norm).
-    pub fn layers(&self, m: &Metrics) -> Vec<usize> {
-        let n = m.widths.len();
-        match *self {
-            Target::Layer(i) => (i < n).then_some(i).into_iter().collect(),
-            Target::All => (0..n).collect(),
+    /// The names of the sites this target selects (empty when none qualifies, e.g. no finite
+    /// gradient norm). A `Layer` past the sites selects nothing and a `Site` is passed on
+    /// as named: [`Target::check`] tells both apart from a model that has them.
+    pub fn sites(&self, m: &Metrics) -> Vec<String> {
+        match self {
+            Target::Layer(i) => m.sites.get(*i).map(|s| s.name.clone()).into_iter().collect(),
+            Target::Site(name) => vec![name.clone()],
+            Target::All => m.site_names(),
             Target::LargestGradNorm => {
-                let mut best: Option<(usize, f64)> = None;
-                for (i, &g) in m.grad_norms.iter().enumerate().take(n) {
-                    if g.is_finite() && best.is_none_or(|(_, b)| g > b) {
-                        best = Some((i, g));
+                let mut best: Option<(&str, f64)> = None;
+                for s in &m.sites {
+                    let Some(g) = s.grad_norm.filter(|g| g.is_finite()) else {
+                        continue;
+                    };
+                    if best.is_none_or(|(_, b)| g > b) {
+                        best = Some((&s.name, g));
                     }
                 }
-                best.map(|(i, _)| i).into_iter().collect()
+                best.map(|(n, _)| n.to_string()).into_iter().collect()
             }
             Target::SmallestWidth => {
-                let min = m.widths.iter().enumerate().min_by_key(|&(i, &w)| (w, i));
-                min.map(|(i, _)| i).into_iter().collect()
+                let min = m.sites.iter().enumerate().min_by_key(|&(i, s)| (s.width, i));
+                min.map(|(_, s)| s.name.clone()).into_iter().collect()
             }
         }
     }
 
-    /// The highest layer index this target names explicitly, if any.
+    /// Checks that the model described by `m` has what this target names.
+    pub fn check(&self, m: &Metrics) -> Result<(), String> {
+        match self {
+            Target::Layer(i) if *i >= m.sites.len() => Err(format!(
+                "targets site {i} (Layer({i})) but the model has {} site(s): {:?}",
+                m.sites.len(),
+                m.site_names()
+            )),
+            Target::Site(name) if m.site(name).is_none() => Err(format!(
+                "targets site {name:?}, which the model does not have; its sites are {:?}",
+                m.site_names()
+            )),
+            Target::LargestGradNorm if !m.has_grad_norms() => Err(
+                "targets the largest gradient norm but the metrics carry no gradients: \
+                 build them with Metrics::of(..).grads(..)"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The highest site index this target names explicitly, if any.
     pub fn explicit_layer(&self) -> Option<usize> {
         match *self {
             Target::Layer(i) => Some(i),
@@ -121,15 +178,18 @@ impl Target {
     }
 }
 
-/// Growths for `target` sized by `size` with `init`, against the current widths.
+/// Width growths for `target` sized by `size` with `init`, against the current widths.
 pub(crate) fn growths_for(target: &Target, size: &Size, init: &Init, m: &Metrics) -> Vec<Growth> {
     target
-        .layers(m)
+        .sites(m)
         .into_iter()
-        .map(|layer| Growth {
-            layer,
-            k: size.units(m.widths[layer]),
-            init: init.clone(),
+        .map(|site| {
+            let width = m.site(&site).map_or(0, |s| s.width);
+            Growth::Width {
+                k: size.units(width),
+                site,
+                init: init.clone(),
+            }
         })
         .collect()
 }
@@ -155,6 +215,24 @@ pub(crate) fn finite(v: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::SiteMetrics;
+
+    fn sites(widths: &[usize], norms: &[Option<f64>]) -> Metrics {
+        Metrics {
+            sites: widths
+                .iter()
+                .zip(norms)
+                .enumerate()
+                .map(|(i, (&width, &grad_norm))| SiteMetrics {
+                    name: format!("hidden.{i}"),
+                    width,
+                    grad_norm,
+                    ..SiteMetrics::default()
+                })
+                .collect(),
+            ..Metrics::default()
+        }
+    }
 
     #[test]
     fn fraction_rounds_and_is_at_least_one() {
@@ -165,13 +243,20 @@ mod tests {
     }
 
     #[test]
-    fn largest_grad_norm_ignores_nan_and_prefers_lower_index_on_ties() {
-        let m = Metrics {
-            widths: vec![4, 4, 4],
-            grad_norms: vec![f64::NAN, 2.0, 2.0],
-            ..Metrics::default()
-        };
-        assert_eq!(Target::LargestGradNorm.layers(&m), vec![1]);
-        assert_eq!(Target::Layer(3).layers(&m), Vec::<usize>::new());
+    fn largest_grad_norm_ignores_nan_and_prefers_the_first_on_ties() {
+        let m = sites(&[4, 4, 4], &[Some(f64::NAN), Some(2.0), Some(2.0)]);
+        assert_eq!(Target::LargestGradNorm.sites(&m), vec!["hidden.1"]);
+        assert_eq!(Target::Layer(3).sites(&m), Vec::<String>::new());
+    }
+
+    #[test]
+    fn targets_the_model_lacks_are_errors_that_list_its_sites() {
+        let m = sites(&[4, 8], &[None, None]);
+        let e = Target::Layer(2).check(&m).unwrap_err();
+        assert!(e.contains("hidden.0") && e.contains("Layer(2)"), "{e}");
+        let e = Target::Site("head".into()).check(&m).unwrap_err();
+        assert!(e.contains("\"head\"") && e.contains("hidden.1"), "{e}");
+        assert!(Target::LargestGradNorm.check(&m).unwrap_err().contains("grads"));
+        assert!(Target::Site("hidden.1".into()).check(&m).is_ok());
     }
 }

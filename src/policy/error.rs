@@ -3,6 +3,7 @@
 /// An error from loading, validating or restoring a policy. Every variant names where the
 /// problem is: the file (or other origin) and a line:column or a field path.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PolicyError {
     /// The file could not be read.
     #[error("{origin}: cannot read: {source}")]
@@ -52,7 +53,57 @@ pub enum PolicyError {
         /// What did not fit.
         reason: String,
     },
+    /// The policy does not fit the model it watches (a site it names is missing, a signal it
+    /// needs is not in the metrics). Raised at the first observation, before anything grows.
+    #[error("{origin}: {path}: {reason}")]
+    Model {
+        /// The file the policy came from, or `<policy>` for one built in code.
+        origin: String,
+        /// Field path of the offending setting.
+        path: String,
+        /// What is missing, with what the model has.
+        reason: String,
+    },
     /// The spec could not be written as RON.
     #[error("cannot write policy spec as RON: {0}")]
     Write(String),
+}
+
+impl PolicyError {
+    /// A [`PolicyError::Model`] at `path` for a policy built in code.
+    pub fn model(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        PolicyError::Model {
+            origin: "<policy>".into(),
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error with its field path under `prefix` (how combinators name a child).
+    pub fn under(self, prefix: &str) -> Self {
+        match self {
+            PolicyError::Model {
+                origin,
+                path,
+                reason,
+            } => PolicyError::Model {
+                origin,
+                path: format!("{prefix}.{path}"),
+                reason,
+            },
+            other => other,
+        }
+    }
+
+    /// The same error naming `origin` (the policy file) instead of `<policy>`.
+    pub fn from_origin(self, file: &str) -> Self {
+        match self {
+            PolicyError::Model { path, reason, .. } => PolicyError::Model {
+                origin: file.to_string(),
+                path,
+                reason,
+            },
+            other => other,
+        }
+    }
 }

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::decision::finite;
-use super::{from_state, to_state, Decision, Growth, GrowthPolicy, Metrics, PolicyError, Size};
+use super::{check_target, from_state, to_state, Decision, Growth, GrowthPolicy, Metrics};
+use super::{PolicyError, Size, Target};
 use crate::init::Init;
 
 /// When a gradient norm counts as crossing. Directions are explicit.
@@ -39,14 +40,37 @@ pub enum Cross {
     },
 }
 
-/// One threshold on one hidden layer's gradient norm.
+/// One threshold on one site's gradient norm; the site is also the one that grows. Name it by
+/// index (`layer: 0`, the model's first site) or by name (`site: "blocks.1.hidden"`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GradRule {
-    /// Hidden layer index (0-based); it is also the layer that grows.
-    pub layer: usize,
+    /// The site's index in the model's site order.
+    #[serde(default)]
+    pub layer: Option<usize>,
+    /// The site's name.
+    #[serde(default)]
+    pub site: Option<String>,
     /// The threshold.
     pub cross: Cross,
+}
+
+impl GradRule {
+    /// The name of the site this rule watches in the model `m` describes.
+    fn site_in<'m>(&'m self, m: &'m Metrics) -> Option<&'m str> {
+        match (&self.site, self.layer) {
+            (Some(name), _) => Some(name),
+            (None, Some(i)) => m.sites.get(i).map(|s| s.name.as_str()),
+            (None, None) => None,
+        }
+    }
+
+    fn target(&self) -> Target {
+        match (&self.site, self.layer) {
+            (Some(name), _) => Target::Site(name.clone()),
+            (None, i) => Target::Layer(i.unwrap_or(usize::MAX)),
+        }
+    }
 }
 
 /// Configuration of a [`GradNorm`] policy (also its RON form).
@@ -82,6 +106,8 @@ struct State {
 pub struct GradNorm {
     spec: GradNormSpec,
     state: State,
+    /// The site each rule watched at the last observation (its scale changes when it grows).
+    watched: Vec<Option<String>>,
 }
 
 impl GradNorm {
@@ -90,6 +116,7 @@ impl GradNorm {
         let n = spec.rules.len();
         GradNorm {
             spec,
+            watched: vec![None; n],
             state: State {
                 streak: vec![0; n],
                 mean: vec![None; n],
@@ -102,9 +129,11 @@ impl GradNorm {
 impl GrowthPolicy for GradNorm {
     fn observe(&mut self, m: &Metrics) -> Option<Decision> {
         let (spec, st) = (&self.spec, &mut self.state);
-        let mut fired: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
+        let mut fired: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
         for (i, rule) in spec.rules.iter().enumerate() {
-            let Some(&g) = m.grad_norms.get(rule.layer) else {
+            self.watched[i] = rule.site_in(m).map(str::to_string);
+            let site = rule.site_in(m).and_then(|name| m.site(name));
+            let Some((name, g)) = site.and_then(|s| Some((s.name.as_str(), s.grad_norm?))) else {
                 st.missing_seen += 1;
                 st.streak[i] = 0;
                 continue;
@@ -130,9 +159,9 @@ impl GrowthPolicy for GradNorm {
             } else {
                 0
             };
-            if st.streak[i] >= spec.sustain && rule.layer < m.widths.len() {
+            if st.streak[i] >= spec.sustain {
                 st.streak[i] = 0;
-                fired.insert(rule.layer, (g, threshold.unwrap_or(0.0)));
+                fired.insert(name, (g, threshold.unwrap_or(0.0)));
             }
         }
         if st.cooldown_left > 0 {
@@ -147,13 +176,13 @@ impl GrowthPolicy for GradNorm {
         evidence.insert("sustain".into(), f64::from(spec.sustain));
         let mut growths = Vec::new();
         let mut parts = Vec::new();
-        for (&layer, &(g, t)) in &fired {
-            evidence.insert(format!("layer{layer}.grad_norm"), finite(g));
-            evidence.insert(format!("layer{layer}.threshold"), finite(t));
-            parts.push(format!("layer {layer} ({g:.4e} vs {t:.4e})"));
-            growths.push(Growth {
-                layer,
-                k: spec.size.units(m.widths[layer]),
+        for (&site, &(g, t)) in &fired {
+            evidence.insert(format!("{site}.grad_norm"), finite(g));
+            evidence.insert(format!("{site}.threshold"), finite(t));
+            parts.push(format!("{site} ({g:.4e} vs {t:.4e})"));
+            growths.push(Growth::Width {
+                site: site.to_string(),
+                k: spec.size.units(m.site(site).map_or(0, |s| s.width)),
                 init: spec.init.clone(),
             });
         }
@@ -169,11 +198,29 @@ impl GrowthPolicy for GradNorm {
         })
     }
 
+    fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
+        for (i, rule) in self.spec.rules.iter().enumerate() {
+            check_target(&format!("GradNorm.rules[{i}]"), &rule.target(), m)?;
+        }
+        if !m.has_grad_norms() {
+            return Err(PolicyError::model(
+                "GradNorm",
+                "watches gradient norms but the metrics carry none: build them with \
+                 Metrics::of(..).grads(&mut grads)",
+            ));
+        }
+        Ok(())
+    }
+
     fn on_growth(&mut self, applied: &Decision) {
         self.state.cooldown_left = self.spec.cooldown;
         self.state.growths += 1;
-        for (i, rule) in self.spec.rules.iter().enumerate() {
-            if applied.growths.iter().any(|g| g.layer == rule.layer) {
+        for (i, watched) in self.watched.iter().enumerate() {
+            let grew = applied
+                .growths
+                .iter()
+                .any(|g| matches!(g, Growth::Width { site, .. } if Some(site) == watched.as_ref()));
+            if grew {
                 self.state.mean[i] = None;
             }
         }

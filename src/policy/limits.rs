@@ -1,39 +1,40 @@
-//! Caps on growth: width per layer, total parameters, number of events, training FLOPs.
+//! Caps on growth: width per site, total parameters, number of events, training FLOPs.
 //!
 //! [`Limits`] wraps any policy. The inner policy observes every step (its state stays current);
 //! its decision is then filtered:
-//! - after `max_events` applied growths, or once `Metrics::flops >= max_flops`, every decision
-//!   is declined;
-//! - each growth's `k` is clamped so the layer stays at or below `max_width`, then so that the
-//!   total parameters stay at or below `max_params` (growths are applied in order, each seeing
-//!   the widths the previous ones produced); `k` is rounded down to even for
-//!   [`Init::MirrorPairs`]; a growth left with `k = 0` is dropped.
+//! - after `max_events` applied growths, or once `Metrics::flops >= max_flops` (or the FLOP
+//!   count is not a finite number), every decision is declined;
+//! - each width growth's `k` is clamped so the site stays at or below `max_width`, then so
+//!   that the total parameters stay at or below `max_params` (growths are applied in order,
+//!   each seeing the widths the previous ones produced), then rounded down to the site's unit
+//!   multiple (and to even for [`Init::MirrorPairs`]); a growth left with `k = 0` is dropped.
 //!
-//! The parameters a unit adds to hidden layer `i` are `fan_in + 1 + fan_out`, with the
-//! neighbours taken from [`Metrics::widths`], [`Metrics::input_dim`] and
-//! [`Metrics::output_dim`]. Dropped growths are reported by
-//! [`take_declined`](GrowthPolicy::take_declined); a decision with nothing left is `None`.
+//! The parameters a unit adds are the site's own count, [`SiteMetrics::params_per_unit`]
+//! (see [`crate::Site`]). Depth growths pass the width and parameter caps untouched.
+//! Dropped growths are reported by [`take_declined`](GrowthPolicy::take_declined); a decision
+//! with nothing left is `None`.
 
 use serde::{Deserialize, Serialize};
 
 use super::decision::finite;
 use super::{from_state, Decision, Declined, Growth, GrowthPolicy, Metrics, PolicyError};
+use super::SiteMetrics;
 use crate::init::Init;
 
 /// The caps (also their RON form). `None` means no cap.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
-    /// Largest width of any hidden layer. # Default: none.
+    /// Largest width of any site. Default none.
     #[serde(default)]
     pub max_width: Option<usize>,
-    /// Largest total parameter count. # Default: none.
+    /// Largest total parameter count. Default none.
     #[serde(default)]
     pub max_params: Option<usize>,
-    /// Most growth events carried out. # Default: none.
+    /// Most growth events carried out. Default none.
     #[serde(default)]
     pub max_events: Option<u32>,
-    /// No growth once cumulative training FLOPs reach this. # Default: none.
+    /// No growth once cumulative training FLOPs reach this. Default none.
     #[serde(default)]
     pub max_flops: Option<f64>,
 }
@@ -72,28 +73,33 @@ impl Limits {
         });
     }
 
-    fn clamp(&self, m: &Metrics, g: &Growth, widths: &[usize], params: usize) -> (usize, String) {
-        let mut k = g.k;
+    /// `k` clamped by the caps for a site of `width` among `params` parameters, with why.
+    fn clamp(&self, site: &SiteMetrics, init: &Init, k: usize, params: usize) -> (usize, String) {
+        let mut k = k;
         let mut why = String::new();
         if let Some(mw) = self.spec.max_width {
-            let room = mw.saturating_sub(widths[g.layer]);
+            let room = mw.saturating_sub(site.width);
             if k > room {
                 k = room;
                 why = format!("max_width {mw}");
             }
         }
         if let Some(mp) = self.spec.max_params {
-            let fan_in = g.layer.checked_sub(1).map_or(m.input_dim, |j| widths[j]);
-            let fan_out = widths.get(g.layer + 1).copied().unwrap_or(m.output_dim);
-            let per_unit = fan_in + 1 + fan_out;
-            let room = mp.saturating_sub(params) / per_unit;
+            let room = mp.saturating_sub(params) / site.params_per_unit.max(1);
             if k > room {
                 k = room;
                 why = format!("max_params {mp}");
             }
         }
-        if g.init == Init::MirrorPairs {
-            k -= k % 2;
+        let mut multiple = site.unit_multiple.max(1);
+        if *init == Init::MirrorPairs && multiple % 2 == 1 {
+            multiple *= 2;
+        }
+        if k % multiple != 0 {
+            k -= k % multiple;
+            if why.is_empty() {
+                why = format!("a multiple of {multiple} units");
+            }
         }
         (k, why)
     }
@@ -107,33 +113,40 @@ impl GrowthPolicy for Limits {
             self.decline(m, &d, format!("max_events {n} reached"), g);
             return None;
         }
-        if let Some(f) = self.spec.max_flops.filter(|&f| m.flops >= f) {
+        // A FLOP count that is not a number cannot show it is under the cap.
+        if let Some(f) = self.spec.max_flops.filter(|&f| !(m.flops.is_finite() && m.flops < f)) {
             let g = d.growths.clone();
             self.decline(m, &d, format!("max_flops {f:e} reached ({:e})", m.flops), g);
             return None;
         }
-        let (mut widths, mut params) = (m.widths.clone(), m.params);
+        let (mut sites, mut params) = (m.sites.clone(), m.params);
         let (mut kept, mut dropped, mut notes) = (Vec::new(), Vec::new(), Vec::new());
         for g in &d.growths {
-            if g.layer >= widths.len() {
+            let Growth::Width { site: name, k, init } = g else {
+                kept.push(g.clone());
+                continue;
+            };
+            let Some(site) = sites.iter_mut().find(|s| s.name == *name) else {
                 dropped.push(g.clone());
-                notes.push(format!("layer {} does not exist", g.layer));
+                notes.push(format!("site {name:?} does not exist"));
+                continue;
+            };
+            let (k2, why) = self.clamp(site, init, *k, params);
+            if k2 == 0 {
+                dropped.push(g.clone());
+                notes.push(format!("{name}: {why} leaves no room"));
                 continue;
             }
-            let (k, why) = self.clamp(m, g, &widths, params);
-            if k == 0 {
-                dropped.push(g.clone());
-                notes.push(format!("layer {}: {why} leaves no room", g.layer));
-                continue;
+            if k2 < *k {
+                notes.push(format!("{name}: k {k} -> {k2} by {why}"));
             }
-            if k < g.k {
-                notes.push(format!("layer {}: k {} -> {k} by {why}", g.layer, g.k));
-            }
-            let fan_in = g.layer.checked_sub(1).map_or(m.input_dim, |j| widths[j]);
-            let fan_out = widths.get(g.layer + 1).copied().unwrap_or(m.output_dim);
-            params = params.saturating_add(k.saturating_mul(fan_in + 1 + fan_out));
-            widths[g.layer] += k;
-            kept.push(Growth { k, ..g.clone() });
+            params = params.saturating_add(k2.saturating_mul(site.params_per_unit));
+            site.width = site.width.saturating_add(k2);
+            kept.push(Growth::Width {
+                site: name.clone(),
+                k: k2,
+                init: init.clone(),
+            });
         }
         if !dropped.is_empty() {
             self.decline(m, &d, notes.join("; "), dropped);
@@ -179,7 +192,13 @@ impl GrowthPolicy for Limits {
     }
 
     fn load_state(&mut self, s: &serde_json::Value) -> Result<(), PolicyError> {
-        self.state = from_state("limits", &s["own"])?;
-        self.inner.load_state(&s["inner"])
+        let own: State = from_state("limits", &s["own"])?;
+        self.inner.load_state(&s["inner"])?;
+        self.state = own;
+        Ok(())
+    }
+
+    fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
+        self.inner.check(m).map_err(|e| e.under("Limits.policy"))
     }
 }

@@ -21,14 +21,15 @@
 //! use dfdx_grow::init::Init;
 //! use dfdx_grow::policy::{Decision, Growth, GrowthPolicy, Metrics, PolicyError};
 //!
-//! /// Grows layer 0 by 8 units whenever the training loss exceeds a bound, at most 3 times.
+//! /// Grows site `hidden.0` by 8 units whenever the training loss exceeds a bound, at most 3
+//! /// times.
 //! #[derive(Debug)]
 //! struct LossAbove { bound: f64, grown: u32 }
 //!
 //! impl GrowthPolicy for LossAbove {
 //!     fn observe(&mut self, m: &Metrics) -> Option<Decision> {
 //!         (m.train_loss > self.bound && self.grown < 3).then(|| Decision {
-//!             growths: vec![Growth { layer: 0, k: 8, init: Init::ZerosOut }],
+//!             growths: vec![Growth::Width { site: "hidden.0".into(), k: 8, init: Init::ZerosOut }],
 //!             policy: self.name(),
 //!             reason: format!("train loss {} above {}", m.train_loss, self.bound),
 //!             evidence: [("train_loss".to_string(), m.train_loss)].into(),
@@ -45,7 +46,7 @@
 //! }
 //!
 //! let mut p: Box<dyn GrowthPolicy> = Box::new(LossAbove { bound: 1.0, grown: 0 });
-//! let m = Metrics { train_loss: 2.0, widths: vec![32], ..Metrics::default() };
+//! let m = Metrics { train_loss: 2.0, ..Metrics::default() };
 //! let d = p.observe(&m).expect("loss is above the bound");
 //! p.on_growth(&d);
 //! assert_eq!(p.save_state(), serde_json::json!(1));
@@ -64,14 +65,16 @@ mod schedule;
 mod slope;
 
 pub use combinators::{AllOf, AnyOf, Sequence};
-pub use config::{load_policy, load_spec, policy_from_str, PolicySpec, StageSpec, MAX_DEPTH};
+pub use config::{
+    load_policy, load_spec, policy_from_str, PolicySpec, StageSpec, MAX_DEPTH, MAX_POLICY_BYTES,
+};
 pub use decision::{Decision, Declined, Growth, Size, Target};
 pub use error::PolicyError;
 pub use gradnorm::{Cross, GradNorm, GradNormSpec, GradRule};
 pub use limits::{Limits, LimitsSpec};
-pub use metrics::{mlp_params, Metrics};
+pub use metrics::{Metrics, MetricsBuilder, SiteMetrics};
 pub use plateau::{Monitor, Plateau, PlateauSpec, SlopeTest, Threshold};
-pub use schedule::{At, Event, Schedule, ScheduleSpec};
+pub use schedule::{At, Event, Grow, Schedule, ScheduleSpec};
 pub use slope::{slope_test, SlopeResult};
 
 /// Decides when and where the network grows. `None` from [`observe`](Self::observe) means
@@ -105,6 +108,58 @@ pub trait GrowthPolicy: std::fmt::Debug + Send {
     /// Restore a state produced by [`save_state`](Self::save_state) on a policy built from the
     /// same configuration.
     fn load_state(&mut self, s: &serde_json::Value) -> Result<(), PolicyError>;
+
+    /// Checks that the policy fits the model the metrics describe: every site it names
+    /// exists and every signal it needs is there ([`PolicyError::Model`] otherwise). The
+    /// controller calls it at the first observation and whenever the sites change.
+    fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
+        let _ = m;
+        Ok(())
+    }
+}
+
+impl<P: GrowthPolicy + ?Sized> GrowthPolicy for Box<P> {
+    fn observe(&mut self, m: &Metrics) -> Option<Decision> {
+        (**self).observe(m)
+    }
+    fn on_growth(&mut self, applied: &Decision) {
+        (**self).on_growth(applied)
+    }
+    fn on_refused(&mut self, refused: &Decision, why: &str) {
+        (**self).on_refused(refused, why)
+    }
+    fn take_declined(&mut self) -> Vec<Declined> {
+        (**self).take_declined()
+    }
+    fn name(&self) -> String {
+        (**self).name()
+    }
+    fn save_state(&self) -> serde_json::Value {
+        (**self).save_state()
+    }
+    fn load_state(&mut self, s: &serde_json::Value) -> Result<(), PolicyError> {
+        (**self).load_state(s)
+    }
+    fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
+        (**self).check(m)
+    }
+}
+
+/// Restores `s` into `policy`, or leaves the policy exactly as it was on error.
+pub fn load_state_atomically(
+    policy: &mut dyn GrowthPolicy,
+    s: &serde_json::Value,
+) -> Result<(), PolicyError> {
+    let backup = policy.save_state();
+    policy.load_state(s).inspect_err(|_| {
+        // The backup was produced by this very policy, so it loads.
+        let _ = policy.load_state(&backup);
+    })
+}
+
+/// `target` checked against the model, as a [`PolicyError::Model`] at `path`.
+pub(crate) fn check_target(path: &str, target: &Target, m: &Metrics) -> Result<(), PolicyError> {
+    target.check(m).map_err(|reason| PolicyError::model(path, reason))
 }
 
 /// Serialise a policy's state; states hold only finite numbers, strings and integers.

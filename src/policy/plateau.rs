@@ -36,7 +36,8 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::decision::{evidence, growths_for};
-use super::{from_state, slope_test, to_state, Decision, GrowthPolicy, Metrics, PolicyError};
+use super::{check_target, from_state, slope_test, to_state, Decision, GrowthPolicy, Metrics};
+use super::PolicyError;
 use super::{Size, Target};
 use crate::init::Init;
 
@@ -102,7 +103,7 @@ pub struct PlateauSpec {
     /// Optional statistical test. # Default: none.
     #[serde(default)]
     pub test: Option<SlopeTest>,
-    /// Which layers grow.
+    /// Which sites grow.
     pub target: Target,
     /// How many units each grows by.
     pub size: Size,
@@ -239,6 +240,10 @@ impl GrowthPolicy for Plateau {
             reason,
             evidence: ev,
         })
+    }
+
+    fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
+        check_target("Plateau.target", &self.spec.target, m)
     }
 
     fn on_growth(&mut self, _applied: &Decision) {

@@ -2,12 +2,13 @@
 //!
 //! Each event fires exactly once: at the first observation whose step (or epoch) is at or past
 //! its `at`, whether or not that decision is then carried out. Events due at the same
-//! observation are merged into one decision (sizes of events on the same layer add up).
+//! observation are merged into one decision (sizes of events on the same site add up).
 
 use serde::{Deserialize, Serialize};
 
 use super::decision::{evidence, growths_for};
-use super::{from_state, to_state, Decision, Growth, GrowthPolicy, Metrics, PolicyError};
+use super::{check_target, from_state, to_state, Decision, Growth, GrowthPolicy, Metrics};
+use super::PolicyError;
 use super::{Size, Target};
 use crate::init::Init;
 
@@ -29,17 +30,39 @@ impl At {
     }
 }
 
-/// One scheduled growth.
+/// What a scheduled event grows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum Grow {
+    /// Units at the event's `target`, `size` of them (the default).
+    #[default]
+    Width,
+    /// A new block of `hidden` units after block `after`, which adds exactly zero to the
+    /// function (see [`crate::Growable::deepen`]).
+    Depth {
+        /// The block after which the new one goes, e.g. `"blocks.1"`.
+        after: String,
+        /// The new block's hidden width.
+        hidden: usize,
+    },
+}
+
+/// One scheduled growth: `(at: Step(500), target: Layer(0), size: Fraction(1.0))` adds units,
+/// `(at: Step(500), grow: Depth(after: "blocks.1", hidden: 64))` adds a block.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Event {
     /// When.
     pub at: At,
-    /// Which layers.
-    pub target: Target,
-    /// How many units.
-    pub size: Size,
-    /// How new units are initialised. # Default: `ZerosOut`.
+    /// What grows. Default `Width`.
+    #[serde(default)]
+    pub grow: Grow,
+    /// Which sites (width growth only).
+    #[serde(default)]
+    pub target: Option<Target>,
+    /// How many units (width growth only).
+    #[serde(default)]
+    pub size: Option<Size>,
+    /// How new units are initialised (width growth only). Default `ZerosOut`.
     #[serde(default)]
     pub init: Init,
 }
@@ -89,9 +112,25 @@ impl GrowthPolicy for Schedule {
             }
             self.state.fired[i] = true;
             which.push(i);
-            for g in growths_for(&ev.target, &ev.size, &ev.init, m) {
-                match growths.iter_mut().find(|h| h.layer == g.layer) {
-                    Some(h) => h.k += g.k,
+            let new = match (&ev.grow, &ev.target, &ev.size) {
+                (Grow::Width, Some(target), Some(size)) => growths_for(target, size, &ev.init, m),
+                (Grow::Depth { after, hidden }, _, _) => vec![Growth::Depth {
+                    after: after.clone(),
+                    hidden: *hidden,
+                }],
+                _ => Vec::new(),
+            };
+            for g in new {
+                let same_site = growths.iter_mut().find_map(|h| match (h, &g) {
+                    (Growth::Width { site, k, .. }, Growth::Width { site: s2, k: k2, .. })
+                        if site == s2 =>
+                    {
+                        Some((k, *k2))
+                    }
+                    _ => None,
+                });
+                match same_site {
+                    Some((k, more)) => *k = k.saturating_add(more),
                     None => growths.push(g),
                 }
             }
@@ -114,6 +153,15 @@ impl GrowthPolicy for Schedule {
                 ("events_due", which.len() as f64),
             ]),
         })
+    }
+
+    fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
+        for (i, ev) in self.spec.events.iter().enumerate() {
+            if let Some(t) = &ev.target {
+                check_target(&format!("Schedule.events[{i}].target"), t, m)?;
+            }
+        }
+        Ok(())
     }
 
     fn on_growth(&mut self, _applied: &Decision) {

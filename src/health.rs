@@ -1,0 +1,224 @@
+//! Are new units alive? Per growth cohort: how many units never activate on a batch, how
+//! often the others do, and how large their weights are, against the units that were there
+//! before.
+
+use std::ops::Range;
+
+use dfdx::prelude::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::num;
+use crate::{Expandable, GrowError, Growable, Real};
+
+/// Which units were active on which examples of a batch: `active[e * width + u]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Activity {
+    /// Examples in the batch.
+    pub examples: usize,
+    /// Units of the site.
+    pub width: usize,
+    /// Example-major flags.
+    pub active: Vec<bool>,
+}
+
+impl Activity {
+    /// The activity of `width` units over a batch of pre-activations `pre` (example-major),
+    /// judged by `is_active` (for ReLU: `z > 0`).
+    pub fn from_pre_activations<E: Real>(
+        pre: &[E],
+        width: usize,
+        is_active: impl Fn(f64) -> bool,
+    ) -> Result<Self, GrowError> {
+        if width == 0 || !pre.len().is_multiple_of(width) {
+            return Err(GrowError::ShapeMismatch {
+                what: "pre-activations (a whole number of examples)".into(),
+                expected: width,
+                found: pre.len(),
+            });
+        }
+        Ok(Activity {
+            examples: pre.len() / width,
+            width,
+            active: pre
+                .iter()
+                .map(|z| is_active(z.to_f64().unwrap_or(f64::NAN)))
+                .collect(),
+        })
+    }
+
+    /// The share of examples on which unit `u` is active.
+    pub fn share(&self, u: usize) -> f64 {
+        let on = (0..self.examples)
+            .filter(|e| self.active[e * self.width + u])
+            .count();
+        on as f64 / self.examples.max(1) as f64
+    }
+}
+
+/// The figures of one cohort of units: the units a growth added, or the original ones.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CohortHealth {
+    /// The step the cohort was added at (0 for the units the site started with).
+    pub born: u64,
+    /// The units' indices.
+    pub units: Range<usize>,
+    /// Units that were active on no example of the batch.
+    pub dead: usize,
+    /// The mean over units of the share of examples on which a unit is active.
+    #[serde(with = "num::float")]
+    pub mean_active: f64,
+    /// The mean L2 norm of a unit's fan-in (weights and bias).
+    #[serde(with = "num::float")]
+    pub fan_in_norm: f64,
+    /// The mean L2 norm of a unit's fan-out, over every consumer.
+    #[serde(with = "num::float")]
+    pub fan_out_norm: f64,
+}
+
+impl CohortHealth {
+    /// The number of units.
+    pub fn len(&self) -> usize {
+        self.units.len()
+    }
+
+    /// Whether the cohort has no unit.
+    pub fn is_empty(&self) -> bool {
+        self.units.is_empty()
+    }
+}
+
+/// The health of one site's cohorts, some steps after a growth (an audit record).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    /// Step of the measurement.
+    pub step: u64,
+    /// Epochs completed.
+    pub epoch: u64,
+    /// The site.
+    pub site: String,
+    /// Every cohort, the original units first.
+    pub cohorts: Vec<CohortHealth>,
+    /// Dead units re-initialised after this measurement (see the controller's health guard).
+    #[serde(default)]
+    pub reinitialised: usize,
+}
+
+/// Added units against original ones, summed over the cohorts of one or more sites.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NewUnitsSummary {
+    /// Units added by growths.
+    pub added: usize,
+    /// Of those, units active on no example.
+    pub dead: usize,
+    /// The mean active share of the added units.
+    pub mean_active: f64,
+    /// The mean active share of the original units.
+    pub old_mean_active: f64,
+}
+
+impl NewUnitsSummary {
+    /// The summary of `cohorts` (born 0 = original).
+    pub fn of<'a>(cohorts: impl IntoIterator<Item = &'a CohortHealth>) -> Self {
+        let (mut s, mut active_new, mut old_units, mut active_old) = (Self::default(), 0.0, 0, 0.0);
+        for c in cohorts {
+            let n = c.len();
+            if c.born == 0 {
+                old_units += n;
+                active_old += c.mean_active * n as f64;
+            } else {
+                s.added += n;
+                s.dead += c.dead;
+                active_new += c.mean_active * n as f64;
+            }
+        }
+        s.mean_active = active_new / s.added.max(1) as f64;
+        s.old_mean_active = active_old / old_units.max(1) as f64;
+        s
+    }
+
+    /// Dead added units as a share of added units (0 when none was added).
+    pub fn dead_share(&self) -> f64 {
+        self.dead as f64 / self.added.max(1) as f64
+    }
+}
+
+/// Measures the cohorts of site `site` of `model` from the units' `activity` on a batch.
+///
+/// `cohorts` are `(born, units)` pairs covering the site's units; a site grown outside the
+/// controller can pass one cohort `(0, 0..width)`.
+pub fn site_health<E: Real, D: Device<E>, M: Growable<E, D>>(
+    model: &M,
+    site: &str,
+    activity: &Activity,
+    cohorts: &[(u64, Range<usize>)],
+) -> Result<Vec<CohortHealth>, GrowError> {
+    // `site_mut` lends the layers; a clone shares the tensors (copy on write), so this is cheap.
+    let mut m = model.clone();
+    let sites = model.sites();
+    let s = m.site_mut(site).ok_or_else(|| GrowError::NoSuchSite {
+        name: site.to_string(),
+        sites: crate::site::site_names(&sites),
+    })?;
+    let width = s.producer.out_width();
+    if activity.width != width {
+        return Err(GrowError::ShapeMismatch {
+            what: format!("activity of site {site:?}"),
+            expected: width,
+            found: activity.width,
+        });
+    }
+    let fan_in = s.producer.output_norms();
+    let mut fan_out = vec![0.0; width];
+    for c in &s.consumers {
+        for (sum, n) in fan_out.iter_mut().zip(c.input_norms()) {
+            *sum += n * n;
+        }
+    }
+    let mean = |v: &[f64], r: &Range<usize>| {
+        v[r.clone()].iter().sum::<f64>() / r.len().max(1) as f64
+    };
+    let fan_out: Vec<f64> = fan_out.iter().map(|x| x.sqrt()).collect();
+    cohorts
+        .iter()
+        .map(|(born, units)| {
+            if units.end > width || units.start > units.end {
+                return Err(GrowError::ShapeMismatch {
+                    what: format!("a cohort of site {site:?}"),
+                    expected: width,
+                    found: units.end,
+                });
+            }
+            let shares: Vec<f64> = units.clone().map(|u| activity.share(u)).collect();
+            Ok(CohortHealth {
+                born: *born,
+                units: units.clone(),
+                dead: shares.iter().filter(|&&s| s == 0.0).count(),
+                mean_active: shares.iter().sum::<f64>() / shares.len().max(1) as f64,
+                fan_in_norm: mean(&fan_in, units),
+                fan_out_norm: mean(&fan_out, units),
+            })
+        })
+        .collect()
+}
+
+/// The L2 norm of a unit's fan-in and bias, for every output unit of `layer`.
+pub(crate) fn output_norms<E: Real>(layer: &(impl Expandable<E> + ?Sized)) -> Vec<f64> {
+    (0..layer.out_width())
+        .map(|u| {
+            layer.output_unit(u).map_or(f64::NAN, |(w, b)| {
+                crate::params::l2_norm(&w).hypot(b.to_f64().unwrap_or(f64::NAN))
+            })
+        })
+        .collect()
+}
+
+/// The L2 norm of the fan-out of every input unit of `layer`.
+pub(crate) fn input_norms<E: Real>(layer: &(impl Expandable<E> + ?Sized)) -> Vec<f64> {
+    (0..layer.in_width())
+        .map(|u| {
+            layer
+                .input_column(u)
+                .map_or(f64::NAN, |c| crate::params::l2_norm(&c))
+        })
+        .collect()
+}

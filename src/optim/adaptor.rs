@@ -1,0 +1,279 @@
+//! One optimizer that owns the state, the host pass and the accessors; each optimizer only
+//! provides its element kernel (burn's `SimpleOptimizer` + `OptimizerAdaptor` shape).
+
+use dfdx::prelude::{Device, Gradients};
+use serde::{Deserialize, Serialize};
+
+use super::state::{ModelState, TensorState};
+use super::{check_hyper, Optimizer, SavedState, SavedTensor};
+use crate::{GrowError, Params, Real};
+
+/// The most state buffers a kernel may keep per element.
+pub const MAX_BUFFERS: usize = 2;
+
+/// What a kernel is told about one block of elements born at the same step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepContext {
+    /// Updates these elements have had, this one included (1 at their first update).
+    pub t: u64,
+    /// Updates the optimizer has done, this one included.
+    pub global_t: u64,
+    /// The learning rate for these elements (the optimizer's, times any new-unit multiplier).
+    pub lr: f64,
+}
+
+/// An optimizer's element-wise update rule.
+///
+/// The adaptor ([`GrowingOptimizer`]) keeps the state and hands the kernel contiguous runs of
+/// elements that share a birth step; the kernel first turns the step's context into constants
+/// ([`Kernel::constants`], once per block), then updates each run with them
+/// ([`Kernel::update`]). Keeping `update` a plain function of values lets the compiler
+/// vectorise its loop.
+pub trait Kernel: Clone + std::fmt::Debug + Send + 'static {
+    /// The name saved with the state (`"adam"`, `"sgd"`): state of one kernel cannot be
+    /// loaded into another.
+    const NAME: &'static str;
+
+    /// How many state buffers the kernel keeps per element (at most [`MAX_BUFFERS`]).
+    fn buffers(&self) -> usize;
+
+    /// The learning rate.
+    fn lr(&self) -> f64;
+
+    /// Sets the learning rate (already checked).
+    fn set_lr(&mut self, lr: f64);
+
+    /// Checks the hyper-parameters.
+    fn check(&self) -> Result<(), GrowError>;
+
+    /// The constants of one block's update.
+    fn constants<E: Real>(&self, ctx: &StepContext) -> [E; 8];
+
+    /// Updates one run of elements: `state` holds [`Kernel::buffers`] slices of the run's
+    /// length (the rest are empty).
+    fn update<E: Real>(&self, k: &[E; 8], param: &mut [E], grad: &[E], state: [&mut [E]; MAX_BUFFERS]);
+}
+
+/// A learning-rate multiplier for the weights of a growth cohort during its first `steps`
+/// updates.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewUnitLr {
+    /// The multiplier (> 0).
+    pub scale: f64,
+    /// For how many of the cohort's updates it applies.
+    pub steps: u64,
+}
+
+/// An optimizer whose state follows its model through growth: the state of each named tensor
+/// is padded when the tensor grows (old entries untouched, new entries zero, each growth
+/// cohort with its own step count), and a tensor that appears (a new block) gets fresh state.
+///
+/// [`crate::optim::Adam`] and [`crate::optim::Sgd`] are this adaptor around their kernels.
+#[derive(Clone, Debug)]
+pub struct GrowingOptimizer<K, E> {
+    kernel: K,
+    state: ModelState<E>,
+    steps: u64,
+    new_unit_lr: Option<NewUnitLr>,
+    scratch: Scratch<E>,
+}
+
+/// Scratch space for one host-side update pass.
+#[derive(Clone, Debug, Default)]
+struct Scratch<E> {
+    param: Vec<E>,
+    grad: Vec<E>,
+}
+
+impl<K: Kernel, E: Real> GrowingOptimizer<K, E> {
+    /// An optimizer running `kernel`, whose hyper-parameters are checked.
+    pub fn new(kernel: K) -> Result<Self, GrowError> {
+        kernel.check()?;
+        Ok(Self {
+            kernel,
+            state: ModelState::default(),
+            steps: 0,
+            new_unit_lr: None,
+            scratch: Scratch::default(),
+        })
+    }
+
+    /// Weights added by a growth train at `lr.scale` x the learning rate for their first
+    /// `lr.steps` updates.
+    pub fn with_new_unit_lr(mut self, lr: NewUnitLr) -> Result<Self, GrowError> {
+        check_hyper("new_unit_lr.scale", lr.scale, lr.scale > 0.0, "must be finite and > 0")?;
+        self.new_unit_lr = Some(lr);
+        Ok(self)
+    }
+
+    /// The kernel's configuration.
+    pub fn config(&self) -> &K {
+        &self.kernel
+    }
+
+    /// The state of every tensor, in the model's walk order.
+    pub fn state(&self) -> &ModelState<E> {
+        &self.state
+    }
+
+}
+
+/// The learning rate of elements born at `born`, at their `t`-th update.
+fn lr_for(lr: f64, new_unit_lr: Option<NewUnitLr>, born: u64, t: u64) -> f64 {
+    match new_unit_lr {
+        Some(n) if born > 0 && t <= n.steps => lr * n.scale,
+        _ => lr,
+    }
+}
+
+impl<K: Kernel, E: Real, D: Device<E>> Optimizer<E, D> for GrowingOptimizer<K, E> {
+    fn check_sync(&self, model: &dyn Params<E, D>) -> Result<(), GrowError> {
+        self.state.plan_sync(&model.param_dims())
+    }
+
+    fn sync(&mut self, model: &dyn Params<E, D>) -> Result<(), GrowError> {
+        self.state
+            .sync(&model.param_dims(), self.kernel.buffers(), self.steps)
+    }
+
+    fn update(
+        &mut self,
+        model: &mut dyn Params<E, D>,
+        grads: &mut Gradients<E, D>,
+    ) -> Result<(), GrowError> {
+        Optimizer::<E, D>::sync(self, model)?;
+        self.steps += 1;
+        let now = self.steps;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut tensors = std::mem::take(&mut self.state.tensors);
+        let (kernel, new_unit_lr) = (&self.kernel, self.new_unit_lr);
+        let lr_for = |born, t| lr_for(kernel.lr(), new_unit_lr, born, t);
+        let mut result = Ok(());
+        let mut i = 0;
+        model.visit_mut(&mut |name, mut p| {
+            if result.is_err() {
+                return;
+            }
+            let Some(st) = tensors.get_mut(i).filter(|st| st.name == name) else {
+                result = Err(GrowError::StateMismatch(format!(
+                    "the model's walk changed during an update at tensor {name:?}"
+                )));
+                return;
+            };
+            i += 1;
+            let n = p.as_ref().len();
+            scratch.param.resize(n, E::zero());
+            p.as_ref().copy_into(&mut scratch.param);
+            let grad = match p.as_ref().host_grad(grads, &mut scratch.grad) {
+                Ok(g) => g,
+                Err(e) => {
+                    result = Err(e);
+                    return;
+                }
+            };
+            step_tensor(kernel, &lr_for, now, st, &mut scratch.param, grad);
+            p.copy_from(&scratch.param);
+        });
+        self.state.tensors = tensors;
+        self.scratch = scratch;
+        result
+    }
+
+    fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    fn state_buffers(&self) -> usize {
+        self.kernel.buffers()
+    }
+
+    fn lr(&self) -> f64 {
+        self.kernel.lr()
+    }
+
+    fn set_lr(&mut self, lr: f64) -> Result<(), GrowError> {
+        check_hyper("lr", lr, lr >= 0.0, "must be finite and >= 0")?;
+        self.kernel.set_lr(lr);
+        Ok(())
+    }
+
+    fn save_state(&self) -> SavedState {
+        let f = |x: &E| x.to_f64().unwrap_or(f64::NAN);
+        SavedState {
+            kind: K::NAME.to_string(),
+            steps: self.steps,
+            lr: self.kernel.lr(),
+            tensors: self
+                .state
+                .tensors
+                .iter()
+                .map(|t| SavedTensor::from(t.map(f)))
+                .collect(),
+        }
+    }
+
+    fn load_state(&mut self, saved: &SavedState, model: &dyn Params<E, D>) -> Result<(), GrowError> {
+        if saved.kind != K::NAME {
+            return Err(GrowError::StateMismatch(format!(
+                "the saved state is {:?} optimizer state, this optimizer is {:?}",
+                saved.kind,
+                K::NAME
+            )));
+        }
+        check_hyper("lr", saved.lr, saved.lr >= 0.0, "must be finite and >= 0")?;
+        let dims = model.param_dims();
+        if saved.tensors.len() != dims.len() {
+            return Err(GrowError::StateMismatch(format!(
+                "the saved state has {} tensors, the model {}",
+                saved.tensors.len(),
+                dims.len()
+            )));
+        }
+        let cast = |x: &f64| E::from_f64(*x).unwrap_or_else(E::nan);
+        let mut tensors = Vec::with_capacity(dims.len());
+        for (s, (name, d)) in saved.tensors.iter().zip(&dims) {
+            let t: TensorState<f64> = s.clone().into();
+            if t.name != *name || t.dims != *d {
+                return Err(GrowError::StateMismatch(format!(
+                    "saved state for tensor {:?} of {:?} where the model has {name:?} of {d:?}",
+                    t.name, t.dims
+                )));
+            }
+            t.validate(self.kernel.buffers(), saved.steps)?;
+            tensors.push(t.map(cast));
+        }
+        self.state = ModelState { tensors };
+        self.steps = saved.steps;
+        self.kernel.set_lr(saved.lr);
+        Ok(())
+    }
+}
+
+/// One tensor's update: every block of elements born together gets its constants once.
+fn step_tensor<K: Kernel, E: Real>(
+    kernel: &K,
+    lr_for: &dyn Fn(u64, u64) -> f64,
+    now: u64,
+    st: &mut TensorState<E>,
+    param: &mut [E],
+    grad: &[E],
+) {
+    let mut bufs = std::mem::take(&mut st.buffers);
+    st.for_each_block(|born, ranges| {
+        let t = now - born;
+        let ctx = StepContext {
+            t,
+            global_t: now,
+            lr: lr_for(born, t),
+        };
+        let k = kernel.constants::<E>(&ctx);
+        for range in ranges {
+            let mut state: [&mut [E]; MAX_BUFFERS] = [&mut [], &mut []];
+            for (slot, buf) in state.iter_mut().zip(bufs.iter_mut()) {
+                *slot = &mut buf[range.clone()];
+            }
+            kernel.update(&k, &mut param[range.clone()], &grad[range], state);
+        }
+    });
+    st.buffers = bufs;
+}

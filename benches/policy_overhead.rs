@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
-use dfdx_grow::policy::{load_policy, policy_from_str};
+use dfdx_grow::policy::{load_policy, policy_from_str, Metrics};
 use dfdx_grow::rand::{rngs::StdRng, SeedableRng};
 use dfdx_grow::{Activation, GrowthController, Mlp, Params};
 
@@ -58,16 +58,13 @@ impl Setup {
         self.step += 1;
         if let Some(ctl) = ctl {
             let step = self.step;
-            let m = GrowthController::metrics(
-                &self.mlp,
-                step,
-                0,
-                train_loss,
-                Some(train_loss),
-                Some(&mut grads),
-                0.0,
-            )
-            .unwrap();
+            let m = Metrics::of(&self.mlp)
+                .step(step)
+                .train_loss(train_loss)
+                .val_loss(Some(train_loss))
+                .grads(&mut grads)
+                .build()
+                .unwrap();
             // Decisions are refused, so the model keeps its size and every case times the same
             // step; the watching (metrics, gradient norms, the policy's statistics) is timed.
             let policy = ctl.policy_mut();

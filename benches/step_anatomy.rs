@@ -105,7 +105,7 @@ fn optimizer(dev: &Cpu) {
             "its data movement alone: copy_into + grad_into + copy_from",
             || {
                 let mut off = 0;
-                mlp2.visit_mut(&mut |mut t| {
+                mlp2.visit_mut(&mut |_, mut t| {
                     let l = t.as_ref().len();
                     t.as_ref().copy_into(&mut p[off..off + l]);
                     t.as_ref()
@@ -119,7 +119,7 @@ fn optimizer(dev: &Cpu) {
         ),
         whole("grad_into alone (every gradient to the host)", || {
             let mut off = 0;
-            mlp3.visit(&mut |t| {
+            mlp3.visit(&mut |_, t| {
                 let l = t.len();
                 t.grad_into(&mut grads3, &mut g3[off..off + l]).unwrap();
                 off += l;

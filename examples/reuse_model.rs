@@ -65,10 +65,10 @@ fn continue_from(path: &Path) -> Result<(), String> {
     let dev = Cpu::default();
     let ckpt = Checkpoint::load(path).map_err(|e| e.to_string())?;
     let mut mlp: Mlp<f32, Cpu> = ckpt.to_mlp(&dev).map_err(|e| e.to_string())?;
-    let (state, steps) = ckpt
-        .optimizer_state::<f32>()
-        .ok_or("the checkpoint has no optimizer state")?;
-    let mut opt = adam()?.with_state(state, steps);
+    let mut opt = adam()?;
+    ckpt.restore_optimizer(&mut opt, &mlp)
+        .map_err(|e| e.to_string())?;
+    let loaded_widths = mlp.widths();
     let (before, _) = train::evaluate(&dev, &mlp, &split.val);
     let report = mlp
         .expand_hidden(
@@ -82,7 +82,7 @@ fn continue_from(path: &Path) -> Result<(), String> {
     let (after, _) = train::evaluate(&dev, &mlp, &split.val);
     eprintln!(
         "  loaded {:?} ({} params), expanded to {:?} ({} params): val loss {before:.5} -> {after:.5}",
-        ckpt.widths, report.params_before, mlp.widths(), report.params_after
+        loaded_widths, report.params_before, mlp.widths(), report.params_after
     );
     let spent = flops::growth(report.params_after, 2)
         + train_for(&mut mlp, &mut opt, &split, SECOND, SEED + 1)?;
@@ -103,12 +103,10 @@ fn run() -> Result<(), String> {
     let mut opt = adam()?;
     let first = train_for(&mut small, &mut opt, &split, FIRST, SEED)?;
     let path = out.join("small.json");
-    Checkpoint::of(
-        &small,
-        Some((opt.state(), Optimizer::<f32, Cpu>::steps(&opt))),
-    )
-    .save(&path)
-    .map_err(|e| e.to_string())?;
+    Checkpoint::of(&small)
+        .with_optimizer::<f32, Cpu>(&opt)
+        .save(&path)
+        .map_err(|e| e.to_string())?;
 
     eprintln!(
         "stage 2: a fresh process loads it, widens it to {LARGE} and trains {SECOND} more steps"

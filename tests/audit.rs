@@ -1,13 +1,18 @@
-//! The audit log: round trip, non-finite numbers, declined rate, table, and crash safety.
+//! The audit log: round trip, non-finite numbers, summarised declines, table, and crash
+//! safety.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dfdx_grow::audit::{summary_table, AuditLog, AuditRecord, GrowthEvent};
+use dfdx_grow::audit::{summary_table, AuditLog, AuditRecord, DeclinedEvent, GrowthEvent};
+use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::init::Init;
-use dfdx_grow::policy::{Declined, Growth};
+use dfdx_grow::optim::{Adam, AdamConfig};
+use dfdx_grow::policy::{policy_from_str, Metrics};
+use dfdx_grow::rand::{rngs::StdRng, SeedableRng};
+use dfdx_grow::{Activation, GrowthController, Mlp, Outcome};
 
 const WRITER_ENV: &str = "DFDX_GROW_AUDIT_WRITER";
 const MODE_ENV: &str = "DFDX_GROW_AUDIT_MODE";
@@ -25,10 +30,11 @@ fn event(step: u64) -> GrowthEvent {
     GrowthEvent {
         step,
         epoch: step / 100,
-        layer: 0,
+        site: "hidden.0".into(),
         old_width: 32,
         new_width: 64,
         init: Init::CopyHalveNoise { std: 0.01 },
+        after: None,
         policy: "any_of[1]/plateau".into(),
         reason: "loss has not improved".into(),
         evidence: BTreeMap::from([("p_value".to_string(), 0.4), ("slope".to_string(), -1e-5)]),
@@ -71,28 +77,71 @@ fn growth_records_round_trip_including_non_finite_losses() {
 }
 
 #[test]
-fn declined_records_are_written_at_every_nth_with_their_count() {
+fn identical_declines_are_summarised_in_one_record_with_their_count_and_steps() {
     let path = tmp("declined");
-    let mut log = AuditLog::open(&path).expect("open").with_declined_every(3);
-    let d = Declined {
-        step: 7,
-        epoch: 0,
-        policy: "plateau".into(),
-        why: "max_width 256 leaves no room".into(),
-        growths: vec![Growth {
-            layer: 0,
-            k: 4,
-            init: Init::ZerosOut,
-        }],
+    let dev = Cpu::default();
+    let mut mlp = Mlp::<f32, Cpu>::new(
+        &[4, 8, 2],
+        Activation::Relu,
+        &dev,
+        &mut StdRng::seed_from_u64(0),
+    );
+    let mut opt = Adam::<f32>::new(AdamConfig::default()).unwrap();
+    // On a flat loss, a plateau of patience 1 asks for a growth at every observation from the
+    // second on; the width limit leaves no room, so each one is declined.
+    let policy = policy_from_str(
+        "Limits(max_width: 8, policy: Plateau(monitor: Train, patience: 1, \
+         target: Layer(0), size: Fixed(4)))",
+        "inline",
+    )
+    .unwrap();
+    let mut ctl = GrowthController::new(policy, 0).with_audit(AuditLog::open(&path).expect("open"));
+    let mut observe = |ctl: &mut GrowthController, step: u64| {
+        let m = Metrics::of(&mlp)
+            .step(step)
+            .train_loss(1.0)
+            .build()
+            .unwrap();
+        let outcome = ctl.observe(&m, &mut mlp, &mut opt, None).expect("observe");
+        assert_eq!(outcome, Outcome::Idle, "step {step}");
     };
-    let written: Vec<bool> = (0..7).map(|_| log.declined(&d).expect("write")).collect();
-    assert_eq!(written, [false, false, true, false, false, true, false]);
+    for step in 1..=8 {
+        observe(&mut ctl, step);
+    }
+    // The summary is written when the run of identical declines ends (or on flush).
+    assert_eq!(AuditLog::read(&path).expect("read"), vec![]);
+    ctl.flush().expect("flush");
+    let records = AuditLog::read(&path).expect("read");
+    let [AuditRecord::Declined(d)] = records.as_slice() else {
+        panic!("one declined record expected: {records:?}")
+    };
+    assert_eq!(
+        (d.first_step, d.step, d.epoch, d.count),
+        (2, 8, 0, 7),
+        "{d:?}"
+    );
+    assert_eq!(d.sites, vec!["hidden.0".to_string()]);
+    assert_eq!(d.policy, "plateau");
+    assert!(d.why.contains("max_width 8"), "{}", d.why);
+    // A second flush has nothing left to write.
+    ctl.flush().expect("flush");
+    assert_eq!(AuditLog::read(&path).expect("read").len(), 1);
+    // Declines after the flush start a new record, which dropping the controller writes.
+    for step in 9..=10 {
+        observe(&mut ctl, step);
+    }
+    drop(ctl);
     let records = AuditLog::read(&path).expect("read");
     assert_eq!(records.len(), 2);
-    let AuditRecord::Declined(r) = &records[0] else {
-        panic!("declined expected")
-    };
-    assert_eq!((r.count, r.layers.clone()), (3, vec![0]));
+    assert_eq!(
+        records[1],
+        AuditRecord::Declined(DeclinedEvent {
+            first_step: 9,
+            step: 10,
+            count: 2,
+            ..d.clone()
+        })
+    );
 }
 
 #[test]

@@ -10,11 +10,9 @@ use dfdx_grow::audit::{AuditLog, AuditRecord};
 use dfdx_grow::data::{digits::digits, stratified_split, Dataset};
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
-use dfdx_grow::policy::{load_policy, policy_from_str};
+use dfdx_grow::policy::{load_policy, policy_from_str, Growth, Metrics};
 use dfdx_grow::rand::{seq::SliceRandom, SeedableRng};
-use dfdx_grow::{
-    Activation, ControllerError, GrowError, GrowthController, Loss, Matrix, Mlp, Params, Probe,
-};
+use dfdx_grow::{Activation, GrowthController, Init, Loss, Matrix, Mlp, Outcome, Params, Probe};
 
 fn batch(dev: &Cpu, ds: &Dataset, idx: &[usize]) -> (Matrix<f32, Cpu>, Matrix<f32, Cpu>) {
     ds.batch(dev, idx)
@@ -84,19 +82,21 @@ impl Trainer {
                 Loss::CrossEntropy.value(self.mlp.forward(self.val.0.clone()), &self.val.1)
             });
             let flops = step as f64 * dfdx_grow::flops::train_step(&self.mlp.widths(), 64, 12.0);
-            let m = GrowthController::metrics(
-                &self.mlp,
-                step,
-                self.epoch,
-                train_loss,
-                val,
-                Some(&mut grads),
-                flops,
-            )
-            .unwrap();
-            // Limits may decline a growth (that is logged, not an error); any refusal is a bug.
-            if let Err(e) = ctl.observe(&m, &mut self.mlp, &mut self.opt, Some(&self.probe)) {
-                panic!("step {step}: {e}");
+            let m = Metrics::of(&self.mlp)
+                .step(step)
+                .epoch(self.epoch)
+                .train_loss(train_loss)
+                .val_loss(val)
+                .grads(&mut grads)
+                .flops(flops)
+                .build()
+                .unwrap();
+            // Limits may decline a growth (that is logged, not an outcome); a refused or
+            // undone growth is a bug here.
+            match ctl.observe(&m, &mut self.mlp, &mut self.opt, Some(&self.probe)) {
+                Ok(Outcome::Idle | Outcome::Grown(_)) => {}
+                Ok(other) => panic!("step {step}: {other:?}"),
+                Err(e) => panic!("step {step}: {e}"),
             }
         }
     }
@@ -164,7 +164,7 @@ fn every_policy_file_grows_a_digits_model_without_raising_the_probe_loss() {
             for field in [
                 "step",
                 "epoch",
-                "layer",
+                "site",
                 "old_width",
                 "new_width",
                 "init",
@@ -189,7 +189,7 @@ fn every_policy_file_grows_a_digits_model_without_raising_the_probe_loss() {
 }
 
 #[test]
-fn a_growth_the_model_refuses_is_an_error_and_changes_nothing() {
+fn a_growth_the_model_refuses_is_a_refused_outcome_and_changes_nothing() {
     let dev = Cpu::default();
     let mut rng = rng(3);
     let mut mlp =
@@ -206,32 +206,36 @@ fn a_growth_the_model_refuses_is_an_error_and_changes_nothing() {
     let log_path = temp_log("refused");
     let mut ctl = GrowthController::new(policy, 0).with_audit(AuditLog::open(&log_path).unwrap());
     let (before, state) = (snapshot(&mlp), opt.state().clone());
+    let mut refused = None;
     for s in 1..=3 {
-        let m = GrowthController::metrics(&mlp, s, 0, 1.0, None, None, 0.0).unwrap();
-        let r = ctl.observe(&m, &mut mlp, &mut opt, None);
+        let m = Metrics::of(&mlp).step(s).train_loss(1.0).build().unwrap();
+        let r = ctl.observe(&m, &mut mlp, &mut opt, None).unwrap();
         if s == 2 {
-            assert!(
-                matches!(
-                    r,
-                    Err(ControllerError::Refused {
-                        source: GrowError::WidthCap { cap: 10, .. },
-                        ..
-                    })
-                ),
-                "{r:?}"
-            );
+            let Outcome::Refused(e) = r else {
+                panic!("step 2: {r:?}")
+            };
+            refused = Some(e);
         } else {
-            assert!(r.unwrap().is_empty());
+            assert_eq!(r, Outcome::Idle, "step {s}");
         }
     }
+    let r = refused.unwrap();
+    assert_eq!((r.step, r.epoch, r.policy.as_str()), (2, 0, "schedule"));
+    assert_eq!(
+        r.growths,
+        vec![Growth::Width {
+            site: "hidden.0".into(),
+            k: 4,
+            init: Init::MirrorPairs
+        }]
+    );
+    assert!(r.why.contains("width cap of 10"), "{}", r.why);
+    assert_eq!((r.loss_before, r.loss_after), (None, None));
     assert_eq!(snapshot(&mlp), before);
     assert_eq!(opt.state(), &state);
     assert!(ctl.events().is_empty());
     let records = AuditLog::read(&log_path).unwrap();
-    assert!(
-        matches!(records.as_slice(), [AuditRecord::Declined(_)]),
-        "{records:?}"
-    );
+    assert_eq!(records, vec![AuditRecord::Refused(r)]);
     let _ = std::fs::remove_file(&log_path);
 }
 
@@ -256,12 +260,18 @@ fn a_growth_that_raises_the_probe_loss_is_undone() {
     )
     .unwrap();
     let mut ctl = GrowthController::new(policy, 0);
-    let before = snapshot(&mlp);
-    let m = GrowthController::metrics(&mlp, 1, 0, 1.0, None, None, 0.0).unwrap();
-    let r = ctl.observe(&m, &mut mlp, &mut opt, Some(&probe));
-    assert!(matches!(r, Err(ControllerError::LossRose { .. })), "{r:?}");
+    let (before, state) = (snapshot(&mlp), opt.state().clone());
+    let m = Metrics::of(&mlp).step(1).train_loss(1.0).build().unwrap();
+    let r = ctl.observe(&m, &mut mlp, &mut opt, Some(&probe)).unwrap();
+    let Outcome::Undone(e) = r else {
+        panic!("{r:?}")
+    };
+    let (lb, la) = (e.loss_before.unwrap(), e.loss_after.unwrap());
+    assert!(la > lb, "undone although the loss went {lb} -> {la}");
     assert_eq!(snapshot(&mlp), before);
     assert_eq!(mlp.widths(), vec![4, 8, 3]);
+    assert_eq!(opt.state(), &state);
+    assert!(ctl.events().is_empty());
 }
 
 #[test]

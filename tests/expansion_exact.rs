@@ -101,10 +101,18 @@ fn expansion_adds_the_right_rows_columns_and_parameters() {
     let old = snapshot(&mlp);
     let report = mlp.expand_hidden(1, 6, &Init::ZerosOut, &mut rng).unwrap();
     assert_eq!(mlp.widths(), vec![5, 7, 10, 3]);
-    assert_eq!(
-        mlp.param_dims(),
-        vec![(7, 5), (7, 1), (10, 7), (10, 1), (3, 10), (3, 1)]
-    );
+    let dims: Vec<(String, (usize, usize))> = [
+        ("layers.0.weight", (7, 5)),
+        ("layers.0.bias", (7, 1)),
+        ("layers.1.weight", (10, 7)),
+        ("layers.1.bias", (10, 1)),
+        ("layers.2.weight", (3, 10)),
+        ("layers.2.bias", (3, 1)),
+    ]
+    .into_iter()
+    .map(|(n, d)| (n.to_string(), d))
+    .collect();
+    assert_eq!(mlp.param_dims(), dims);
     assert_eq!(
         report.params_after - report.params_before,
         6 * 7 + 6 + 3 * 6

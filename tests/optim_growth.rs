@@ -166,7 +166,11 @@ fn old_weights_ignore_growth<O: Optimizer<f64, Cpu> + Clone>(mut opt: O) {
     let (grown, plain) = (snapshot(&mlp), snapshot(&plain));
     let grown_dims = mlp.param_dims();
     assert_ne!(grown_dims, dims_before);
-    for (i, (&(r, c), &(_, gc))) in dims_before.iter().zip(&grown_dims).enumerate() {
+    for (i, ((name, (r, c)), (grown_name, (_, gc)))) in
+        dims_before.iter().zip(&grown_dims).enumerate()
+    {
+        assert_eq!(name, grown_name);
+        let (r, c, gc) = (*r, *c, *gc);
         for row in 0..r {
             let old = &plain[i][row * c..(row + 1) * c];
             let new = &grown[i][row * gc..row * gc + c];
@@ -261,17 +265,47 @@ fn optimizer_refuses_a_model_it_does_not_fit_and_keeps_its_state() {
     let y = one_hot::<f64>(&dev, 8, 2, &mut rng);
     step(&mut a, &mut opt, &x, &y);
     let state = opt.state().clone();
-    let deeper = Mlp::<f64, Cpu>::new(&[4, 3, 3, 2], Activation::Relu, &dev, &mut rng);
-    assert!(matches!(
-        Optimizer::<f64, Cpu>::sync(&mut opt, &deeper),
-        Err(GrowError::StateMismatch(_))
-    ));
+    // A model that lost a tensor the state holds (layers.1.*).
+    let shallower = Mlp::<f64, Cpu>::new(&[4, 3], Activation::Relu, &dev, &mut rng);
+    let e = Optimizer::<f64, Cpu>::sync(&mut opt, &shallower).unwrap_err();
+    assert!(
+        matches!(&e, GrowError::StateMismatch(m) if m.contains("layers.1.weight")),
+        "{e:?}"
+    );
+    // A model whose tensor shrank.
     let narrower = Mlp::<f64, Cpu>::new(&[4, 2, 2], Activation::Relu, &dev, &mut rng);
-    assert!(matches!(
-        Optimizer::<f64, Cpu>::sync(&mut opt, &narrower),
-        Err(GrowError::StateMismatch(_))
-    ));
+    let e = Optimizer::<f64, Cpu>::sync(&mut opt, &narrower).unwrap_err();
+    assert!(
+        matches!(&e, GrowError::StateMismatch(m) if m.contains("shrank")),
+        "{e:?}"
+    );
     assert_eq!(opt.state(), &state);
+    // State is keyed by name: a model with the same tensors plus new ones (a new block) fits,
+    // the new tensors getting fresh state.
+    let deeper = Mlp::<f64, Cpu>::new(&[4, 3, 2, 2], Activation::Relu, &dev, &mut rng);
+    Optimizer::<f64, Cpu>::check_sync(&opt, &deeper).unwrap();
+    Optimizer::<f64, Cpu>::sync(&mut opt, &deeper).unwrap();
+    let names: Vec<&str> = opt
+        .state()
+        .tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "layers.0.weight",
+            "layers.0.bias",
+            "layers.1.weight",
+            "layers.1.bias",
+            "layers.2.weight",
+            "layers.2.bias"
+        ]
+    );
+    assert_eq!(opt.state().tensors[..4], state.tensors[..]);
+    assert!(opt.state().tensors[4..]
+        .iter()
+        .all(|t| t.buffers.iter().flatten().all(|x| *x == 0.0)));
 }
 
 #[test]
@@ -327,10 +361,12 @@ fn new_unit_lr_boosts_only_new_weights_and_only_for_its_steps() {
         let mut rng = rng(10);
         let cfg = AdamConfig {
             lr: 1e-3,
-            new_unit_lr: boost,
             ..Default::default()
         };
         let mut opt = Adam::<f64>::new(cfg).unwrap();
+        if let Some(b) = boost {
+            opt = opt.with_new_unit_lr(b).unwrap();
+        }
         let mut mlp = Mlp::<f64, Cpu>::new(&[4, 3, 2], Activation::Relu, &dev, &mut rng);
         let x = input::<f64>(&dev, 32, 4, &mut rng);
         let y = one_hot::<f64>(&dev, 32, 2, &mut rng);
@@ -381,12 +417,16 @@ fn new_unit_lr_boosts_only_new_weights_and_only_for_its_steps() {
     }));
     assert_eq!(one[1], boosted[1]);
     assert_ne!(one[2], boosted[2]);
-    assert!(Adam::<f64>::new(AdamConfig {
-        new_unit_lr: Some(NewUnitLr {
-            scale: 0.0,
-            steps: 1
-        }),
-        ..Default::default()
-    })
-    .is_err());
+    assert!(matches!(
+        Adam::<f64>::new(AdamConfig::default())
+            .unwrap()
+            .with_new_unit_lr(NewUnitLr {
+                scale: 0.0,
+                steps: 1
+            }),
+        Err(GrowError::InvalidHyper {
+            name: "new_unit_lr.scale",
+            ..
+        })
+    ));
 }

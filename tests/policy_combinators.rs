@@ -2,10 +2,10 @@
 
 mod common;
 
-use common::{assert_resume_equivalent, fire_steps, m};
+use common::{assert_resume_equivalent, fire_steps, m, site};
 use dfdx_grow::init::Init;
 use dfdx_grow::policy::{
-    AllOf, AnyOf, At, Event, GrowthPolicy, Limits, LimitsSpec, Metrics, Monitor, Plateau,
+    AllOf, AnyOf, At, Event, Grow, GrowthPolicy, Limits, LimitsSpec, Metrics, Monitor, Plateau,
     PlateauSpec, Schedule, ScheduleSpec, Sequence, Size, Target, Threshold,
 };
 
@@ -16,8 +16,9 @@ fn at(steps: &[u64], layer: usize, k: usize) -> Box<dyn GrowthPolicy> {
         .iter()
         .map(|&s| Event {
             at: At::Step(s),
-            target: Target::Layer(layer),
-            size: Size::Fixed(k),
+            grow: Grow::Width,
+            target: Some(Target::Layer(layer)),
+            size: Some(Size::Fixed(k)),
             init: Init::ZerosOut,
         })
         .collect();
@@ -45,13 +46,13 @@ fn flat(n: u64) -> Vec<Metrics> {
 
 #[test]
 fn any_of_takes_the_first_that_fires_and_every_child_still_observes() {
-    let mut p = AnyOf(vec![at(&[3], 0, 1), at(&[3, 6], 0, 2)]);
+    let mut p = AnyOf::new(vec![at(&[3], 0, 1), at(&[3, 6], 0, 2)]);
     let fired = common::run(&mut p, &flat(10));
     // Step 3: both fire, the first wins; the second's step-3 event was consumed (it observed).
     assert_eq!(
         fired
             .iter()
-            .map(|(i, d)| (*i, d.policy.as_str(), d.growths[0].k))
+            .map(|(i, d)| (*i, d.policy.as_str(), d.growths[0].units()))
             .collect::<Vec<_>>(),
         vec![(3, "any_of[0]/schedule", 1), (6, "any_of[1]/schedule", 2)]
     );
@@ -60,7 +61,7 @@ fn any_of_takes_the_first_that_fires_and_every_child_still_observes() {
 #[test]
 fn any_of_routes_on_growth_to_the_branch_that_fired() {
     // The plateau in branch 1 has cooldown 3: if on_growth reached it, it skips 3 observations.
-    let mut p = AnyOf(vec![at(&[100], 0, 1), plateau(1, 3)]);
+    let mut p = AnyOf::new(vec![at(&[100], 0, 1), plateau(1, 3)]);
     assert_eq!(fire_steps(&mut p, &flat(8)), vec![1, 5]);
 }
 
@@ -71,7 +72,7 @@ fn all_of_fires_only_when_all_fire_in_the_same_observation_and_merges() {
     assert_eq!(fired.len(), 1);
     assert_eq!(fired[0].0, 5);
     assert_eq!(fired[0].1.growths.len(), 1);
-    assert_eq!(fired[0].1.growths[0].k, 8, "largest k per layer wins");
+    assert_eq!(fired[0].1.growths[0].units(), 8, "largest k per layer wins");
     assert!(fired[0].1.evidence.contains_key("all_of[1].step"));
 }
 
@@ -86,7 +87,7 @@ fn sequence_moves_on_after_n_applied_growths_and_refusals_do_not_count() {
             } else {
                 p.on_growth(&d);
             }
-            log.push((x.step, d.policy.clone(), d.growths[0].k));
+            log.push((x.step, d.policy.clone(), d.growths[0].units()));
         }
     }
     // Stage 0 fires at 1 (refused), 2, 3 (applied: 2 -> next stage). Stage 1 only starts
@@ -116,11 +117,11 @@ fn limits_clamp_k_to_max_width_and_drop_a_full_layer_with_a_declined_record() {
         at(&[0, 1], 0, 16),
     );
     let d = p.observe(&m(0, 1.0)).expect("room for 8");
-    assert_eq!(d.growths[0].k, 8);
+    assert_eq!(d.growths[0].units(), 8);
     assert!(d.reason.contains("max_width 40"));
     p.on_growth(&d);
     let full = Metrics {
-        widths: vec![40],
+        sites: vec![site(0, 40, 64, 10, Some(1.0))],
         ..m(1, 1.0)
     };
     assert!(p.observe(&full).is_none());
@@ -142,7 +143,7 @@ fn limits_clamp_by_params_using_neighbour_widths() {
         at(&[0], 0, 10),
     );
     let d = p.observe(&m(0, 1.0)).expect("room for 3 units");
-    assert_eq!(d.growths[0].k, 3);
+    assert_eq!(d.growths[0].units(), 3);
     assert_eq!(d.evidence["limits.params_after"], (base + 225) as f64);
 }
 
@@ -151,8 +152,9 @@ fn limits_round_mirror_pairs_down_to_even() {
     let inner = Box::new(Schedule::new(ScheduleSpec {
         events: vec![Event {
             at: At::Step(0),
-            target: Target::Layer(0),
-            size: Size::Fixed(8),
+            grow: Grow::Width,
+            target: Some(Target::Layer(0)),
+            size: Some(Size::Fixed(8)),
             init: Init::MirrorPairs,
         }],
     }));
@@ -163,7 +165,7 @@ fn limits_round_mirror_pairs_down_to_even() {
         },
         inner,
     );
-    assert_eq!(p.observe(&m(0, 1.0)).map(|d| d.growths[0].k), Some(4));
+    assert_eq!(p.observe(&m(0, 1.0)).map(|d| d.growths[0].units()), Some(4));
 }
 
 #[test]
@@ -213,7 +215,7 @@ fn limits_over_any_of_keep_the_branch_label_and_route_growth() {
             max_width: Some(1000),
             ..Default::default()
         },
-        Box::new(AnyOf(vec![at(&[100], 0, 1), plateau(1, 3)])),
+        Box::new(AnyOf::new(vec![at(&[100], 0, 1), plateau(1, 3)])),
     );
     let fired = common::run(&mut p, &flat(8));
     assert_eq!(
@@ -240,7 +242,7 @@ fn combinator_state_saved_mid_stream_gives_the_same_decisions() {
             Box::new(Sequence::new(vec![
                 (at(&[5, 10], 0, 2), 2),
                 (
-                    Box::new(AnyOf(vec![
+                    Box::new(AnyOf::new(vec![
                         plateau(4, 3),
                         Box::new(AllOf::new(vec![at(&[40], 0, 1), plateau(2, 0)])),
                     ])),

@@ -1,6 +1,8 @@
 //! Every file in `policies/` (and `policies/fashion-mnist/`) loads, validates for a
 //! one-hidden-layer model, and round-trips.
 
+mod common;
+
 use std::path::PathBuf;
 
 use dfdx_grow::policy::{load_policy, load_spec, PolicySpec};
@@ -59,7 +61,8 @@ fn every_policy_file_loads_and_validates_for_one_hidden_layer() {
     );
     for p in files {
         let spec = load_spec(&p).unwrap_or_else(|e| panic!("{e}"));
-        spec.validate_for(1)
+        // A 64-32-10 model with gradient norms (what gradnorm.ron watches).
+        spec.validate_for(&common::m(0, 1.0))
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert!(load_policy(&p).is_ok());
     }

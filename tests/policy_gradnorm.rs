@@ -2,23 +2,35 @@
 
 mod common;
 
-use common::{assert_resume_equivalent, fire_steps, m};
+use common::{assert_resume_equivalent, fire_steps, m, site};
 use dfdx_grow::init::Init;
-use dfdx_grow::policy::{Cross, GradNorm, GradNormSpec, GradRule, GrowthPolicy, Metrics, Size};
+use dfdx_grow::policy::{
+    Cross, Decision, GradNorm, GradNormSpec, GradRule, GrowthPolicy, Metrics, Size,
+};
 
+/// A 64-8-16-32-10 model whose hidden layers have gradient norms `norms`.
 fn three(norms: [f64; 3], step: u64) -> Metrics {
     Metrics {
-        grad_norms: norms.to_vec(),
-        widths: vec![8, 16, 32],
+        sites: vec![
+            site(0, 8, 64, 16, Some(norms[0])),
+            site(1, 16, 8, 32, Some(norms[1])),
+            site(2, 32, 16, 10, Some(norms[2])),
+        ],
         ..m(step, 1.0)
     }
+}
+
+/// The sites a decision grows, in order.
+fn sites(d: &Decision) -> Vec<&str> {
+    d.growths.iter().map(|g| g.place()).collect()
 }
 
 fn spec(cross: Cross, sustain: u32) -> GradNormSpec {
     GradNormSpec {
         rules: (0..3)
             .map(|layer| GradRule {
-                layer,
+                layer: Some(layer),
+                site: None,
                 cross: cross.clone(),
             })
             .collect(),
@@ -38,9 +50,10 @@ fn absolute_above_selects_only_the_layer_that_crosses() {
     let (i, d) = &fired[0];
     assert_eq!(*i, 2);
     assert_eq!(d.growths.len(), 1);
-    assert_eq!((d.growths[0].layer, d.growths[0].k), (1, 8));
-    assert_eq!(d.evidence["layer1.grad_norm"], 10.0);
-    assert_eq!(d.evidence["layer1.threshold"], 5.0);
+    assert_eq!(sites(d), ["hidden.1"]);
+    assert_eq!(d.growths[0].units(), 8);
+    assert_eq!(d.evidence["hidden.1.grad_norm"], 10.0);
+    assert_eq!(d.evidence["hidden.1.threshold"], 5.0);
 }
 
 #[test]
@@ -49,8 +62,7 @@ fn below_direction_selects_small_norms() {
     let d = p
         .observe(&three([0.1, 1.0, 0.2], 0))
         .expect("two layers below");
-    let layers: Vec<usize> = d.growths.iter().map(|g| g.layer).collect();
-    assert_eq!(layers, vec![0, 2]);
+    assert_eq!(sites(&d), ["hidden.0", "hidden.2"]);
 }
 
 #[test]
@@ -91,16 +103,8 @@ fn relative_threshold_fires_on_a_spike_above_the_running_mean_only() {
     let fired = common::run(&mut p, &stream);
     assert_eq!(fired.len(), 1);
     assert_eq!(fired[0].0, 20);
-    assert_eq!(
-        fired[0]
-            .1
-            .growths
-            .iter()
-            .map(|g| g.layer)
-            .collect::<Vec<_>>(),
-        vec![1]
-    );
-    assert!((fired[0].1.evidence["layer1.threshold"] - 2.0).abs() < 1e-12);
+    assert_eq!(sites(&fired[0].1), ["hidden.1"]);
+    assert!((fired[0].1.evidence["hidden.1.threshold"] - 2.0).abs() < 1e-12);
 }
 
 #[test]

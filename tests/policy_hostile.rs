@@ -1,9 +1,11 @@
 //! Hostile policy files give clean errors naming the file and a position or field; mutated
 //! valid files never panic the loader.
 
+mod common;
+
 use std::path::PathBuf;
 
-use dfdx_grow::policy::{load_spec, PolicyError, PolicySpec};
+use dfdx_grow::policy::{load_spec, Metrics, PolicyError, PolicySpec};
 use proptest::prelude::*;
 
 fn dir(name: &str) -> PathBuf {
@@ -73,6 +75,21 @@ fn every_hostile_file_gives_a_clean_error_naming_file_and_place() {
     }
 }
 
+/// Metrics of a model with `n` hidden layers of 8 units between 4 inputs and 2 outputs.
+fn hidden(n: usize) -> Metrics {
+    let sites = (0..n)
+        .map(|i| {
+            let inp = if i == 0 { 4 } else { 8 };
+            let out = if i + 1 == n { 2 } else { 8 };
+            common::site(i, 8, inp, out, None)
+        })
+        .collect();
+    Metrics {
+        sites,
+        ..common::m(0, 1.0)
+    }
+}
+
 #[test]
 fn validate_for_rejects_layers_the_model_does_not_have() {
     let spec = PolicySpec::from_ron(
@@ -80,10 +97,15 @@ fn validate_for_rejects_layers_the_model_does_not_have() {
         "inline",
     )
     .expect("valid without a model");
-    assert!(spec.validate_for(3).is_ok());
-    let msg = spec.validate_for(2).expect_err("layer 2 of 2").to_string();
+    assert!(spec.validate_for(&hidden(3)).is_ok());
+    let err = spec.validate_for(&hidden(2)).expect_err("layer 2 of 2");
+    assert!(matches!(err, PolicyError::Model { .. }), "{err:?}");
+    let msg = err.to_string();
     assert!(
-        msg.contains("Schedule.events[0].target") && msg.contains("does not exist"),
+        msg.contains("Schedule.events[0].target")
+            && msg.contains("Layer(2)")
+            && msg.contains("has 2 site(s)")
+            && msg.contains("hidden.1"),
         "{msg}"
     );
 }

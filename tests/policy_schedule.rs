@@ -4,13 +4,16 @@ mod common;
 
 use common::{assert_resume_equivalent, fire_steps, m};
 use dfdx_grow::init::Init;
-use dfdx_grow::policy::{At, Event, GrowthPolicy, Metrics, Schedule, ScheduleSpec, Size, Target};
+use dfdx_grow::policy::{
+    At, Event, Grow, GrowthPolicy, Metrics, Schedule, ScheduleSpec, Size, Target,
+};
 
 fn ev(at: At, size: Size) -> Event {
     Event {
         at,
-        target: Target::Layer(0),
-        size,
+        grow: Grow::Width,
+        target: Some(Target::Layer(0)),
+        size: Some(size),
         init: Init::ZerosOut,
     }
 }
@@ -73,7 +76,7 @@ fn events_due_together_merge_per_layer_and_fraction_uses_the_current_width() {
     });
     let d = p.observe(&m(0, 1.0)).expect("due");
     assert_eq!(d.growths.len(), 1);
-    assert_eq!(d.growths[0].k, 32 + 3);
+    assert_eq!(d.growths[0].units(), 32 + 3);
     assert_eq!(d.evidence["events_due"], 2.0);
 }
 

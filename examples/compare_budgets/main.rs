@@ -193,10 +193,9 @@ fn run() -> Result<(), String> {
         let log_path = a.out.join(format!("audit-{stem}.jsonl"));
         // The log is append-only: start each comparison with a fresh one.
         let _ = std::fs::remove_file(&log_path);
-        // Once a layer is at its cap, a policy may keep asking: log every 20th refusal.
-        let log = AuditLog::open(&log_path)
-            .map_err(|e| e.to_string())?
-            .with_declined_every(20);
+        // Once a layer is at its cap, a policy may keep asking: the controller writes each run
+        // of identical refusals as one record with its count.
+        let log = AuditLog::open(&log_path).map_err(|e| e.to_string())?;
         let ctl = GrowthController::new(policy, settings.seed).with_audit(log);
         let name = format!("grown-{stem}");
         runs.push(train::train(

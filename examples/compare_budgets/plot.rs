@@ -126,11 +126,11 @@ pub fn svg(runs: &[Run], target: Option<f64>, title: &str) -> String {
                 .map_or(y1, |p| p.val_loss);
             let _ = writeln!(
                 s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{c}" stroke="white"><title>{}: layer {} to {} units at step {}</title></circle>"#,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{c}" stroke="white"><title>{}: {} to {} units at step {}</title></circle>"#,
                 sx(m.flops.max(10f64.powf(x0))),
                 sy(l),
                 escape(&r.name),
-                m.layer,
+                escape(&m.site),
                 m.new_width,
                 m.step
             );

@@ -5,8 +5,9 @@ use std::time::Instant;
 use dfdx_grow::data::{Dataset, Split};
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::{Adam, AdamConfig, NewUnitLr, NewUnitSteps, Optimizer};
+use dfdx_grow::policy::Metrics;
 use dfdx_grow::rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
-use dfdx_grow::{flops, Activation, GrowthController, Loss, Mlp, Params, Probe};
+use dfdx_grow::{flops, Activation, GrowthController, Loss, Mlp, Outcome, Params, Probe};
 
 /// Settings shared by every run of a comparison.
 #[derive(Clone, Debug)]
@@ -40,7 +41,7 @@ pub struct Point {
 pub struct Mark {
     pub step: u64,
     pub flops: f64,
-    pub layer: usize,
+    pub site: String,
     pub new_width: usize,
 }
 
@@ -160,10 +161,12 @@ pub fn train(
     let mut opt = Adam::<f32>::new(AdamConfig {
         lr: s.lr,
         new_units: s.new_units,
-        new_unit_lr: s.new_unit_lr,
         ..Default::default()
     })
     .map_err(|e| e.to_string())?;
+    if let Some(lr) = s.new_unit_lr {
+        opt = opt.with_new_unit_lr(lr).map_err(|e| e.to_string())?;
+    }
     let train_set = &data.train;
     let probe_idx: Vec<usize> = (0..train_set.len().min(512)).collect();
     let (px, py) = batch(&dev, train_set, &probe_idx);
@@ -208,40 +211,57 @@ pub fn train(
         }
         if let Some(ctl) = controller.as_mut() {
             let val = evaluated.then(|| curve[curve.len() - 1].val_loss);
-            let m = GrowthController::metrics(
-                &mlp,
-                step as u64,
-                batches.epoch,
-                train_loss,
-                val,
-                Some(&mut grads),
-                spent,
-            )
-            .map_err(|e| e.to_string())?;
+            let m = Metrics::of(&mlp)
+                .step(step as u64)
+                .epoch(batches.epoch)
+                .train_loss(train_loss)
+                .val_loss(val)
+                .grads(&mut grads)
+                .flops(spent)
+                .build()
+                .map_err(|e| e.to_string())?;
             // What the policy's statistics cost: a slope window and the gradient norms.
             spent += flops::policy_observation(100, mlp.num_params());
-            match ctl.observe(&m, &mut mlp, &mut opt, Some(&probe)) {
-                Ok(events) => {
+            match ctl
+                .observe(&m, &mut mlp, &mut opt, Some(&probe))
+                .map_err(|e| format!("{name}: step {step}: {e}"))?
+            {
+                Outcome::Grown(events) => {
                     for e in events {
                         spent += flops::growth(e.params_after, 2)
                             + 2.0 * flops::forward(&mlp.widths(), probe_idx.len());
                         marks.push(Mark {
                             step: e.step,
                             flops: spent,
-                            layer: e.layer,
+                            site: e.site,
                             new_width: e.new_width,
                         });
                     }
                 }
-                Err(e) => {
+                Outcome::Refused(r) => {
                     refused += 1;
-                    eprintln!("  {name}: step {step}: {e}");
+                    eprintln!(
+                        "  {name}: step {step}: {} asked for a growth that was refused: {}",
+                        r.policy, r.why
+                    );
                 }
+                Outcome::Undone(r) => {
+                    refused += 1;
+                    eprintln!(
+                        "  {name}: step {step}: {}: growth undone: {}",
+                        r.policy, r.why
+                    );
+                }
+                Outcome::Idle => {}
             }
         }
         if done {
             break;
         }
+    }
+    // The declined growths still pending are summarised in the log.
+    if let Some(ctl) = controller.as_mut() {
+        ctl.flush().map_err(|e| e.to_string())?;
     }
     Ok(Run {
         name: name.to_string(),

@@ -60,7 +60,7 @@ where
     Cpu: Device<E>,
 {
     let mut out = Vec::new();
-    model.visit(&mut |p| {
+    model.visit(&mut |_, p| {
         let mut v = vec![E::zero(); p.len()];
         p.copy_into(&mut v);
         out.push(v);
@@ -90,7 +90,20 @@ where
 
 // --- Metric streams for the policy tests ---
 
-use dfdx_grow::policy::{Decision, GrowthPolicy, Metrics};
+use dfdx_grow::policy::{Decision, GrowthPolicy, Metrics, SiteMetrics};
+
+/// Site `hidden.{i}` of an MLP hidden layer of `width` units between layers of `inp` and `out`
+/// units (one unit adds `inp + 1 + out` parameters), with gradient norm `grad_norm`.
+pub fn site(i: usize, width: usize, inp: usize, out: usize, grad_norm: Option<f64>) -> SiteMetrics {
+    SiteMetrics {
+        name: format!("hidden.{i}"),
+        width,
+        params_per_unit: inp + 1 + out,
+        unit_multiple: 1,
+        max_width: dfdx_grow::DEFAULT_MAX_WIDTH,
+        grad_norm,
+    }
+}
 
 /// Metrics for a one-hidden-layer 64 -> 32 -> 10 model at `step` with training loss `loss`.
 pub fn m(step: u64, loss: f64) -> Metrics {
@@ -99,10 +112,7 @@ pub fn m(step: u64, loss: f64) -> Metrics {
         epoch: step / 100,
         train_loss: loss,
         val_loss: Some(loss),
-        grad_norms: vec![1.0],
-        widths: vec![32],
-        input_dim: 64,
-        output_dim: 10,
+        sites: vec![site(0, 32, 64, 10, Some(1.0))],
         params: 64 * 32 + 32 + 32 * 10 + 10,
         flops: step as f64 * 1e6,
     }

@@ -243,4 +243,7 @@ impl GrowthPolicy for FromOrigin {
     fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
         self.inner.check(m).map_err(|e| e.from_origin(&self.origin))
     }
+    fn origin(&self) -> Option<&str> {
+        Some(&self.origin)
+    }
 }

@@ -116,6 +116,11 @@ pub trait GrowthPolicy: std::fmt::Debug + Send {
         let _ = m;
         Ok(())
     }
+
+    /// Where the policy came from (its file), for error messages. Default none.
+    fn origin(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl<P: GrowthPolicy + ?Sized> GrowthPolicy for Box<P> {
@@ -142,6 +147,9 @@ impl<P: GrowthPolicy + ?Sized> GrowthPolicy for Box<P> {
     }
     fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
         (**self).check(m)
+    }
+    fn origin(&self) -> Option<&str> {
+        (**self).origin()
     }
 }
 

@@ -24,6 +24,7 @@ pub mod flops;
 pub mod init;
 mod linear;
 mod loss;
+pub mod lr;
 mod mlp;
 pub mod optim;
 mod params;

@@ -271,6 +271,14 @@ impl GrowthController {
         for d in self.policy.take_declined() {
             self.count_declined(&d, &mut records);
         }
+        if let Some(d) = &decision {
+            if let Err(e) = self.check_places(d, m, model) {
+                // The policy sees this observation again once its file is fixed.
+                let _ = self.policy.load_state(&policy_before);
+                self.pending_declined = pending_before;
+                return Err(e.into());
+            }
+        }
         let backup = decision.as_ref().map(|_| model.clone());
         let outcome = match &decision {
             None => Outcome::Idle,
@@ -343,6 +351,41 @@ impl GrowthController {
                 self.pending_declined = pending;
                 return Err(e.into());
             }
+        }
+        Ok(())
+    }
+
+    /// Checks that every site and block the decision names exists.
+    fn check_places<E: Real, D: Device<E>, M: Growable<E, D>>(
+        &self,
+        d: &Decision,
+        m: &Metrics,
+        model: &M,
+    ) -> Result<(), PolicyError> {
+        let origin = self.policy.origin().unwrap_or("<policy>").to_string();
+        for g in &d.growths {
+            let reason = match g {
+                Growth::Width { site, .. } if m.site(site).is_none() => format!(
+                    "names site {site:?}, which the model does not have; its sites are {:?}",
+                    m.site_names()
+                ),
+                Growth::Depth { after, .. }
+                    if after != crate::FIRST_BLOCK && !model.blocks().contains(after) =>
+                {
+                    format!(
+                        "inserts a block after {after:?}, which the model does not have; its \
+                         blocks are {:?} (or {:?} for first)",
+                        model.blocks(),
+                        crate::FIRST_BLOCK
+                    )
+                }
+                _ => continue,
+            };
+            return Err(PolicyError::Model {
+                origin,
+                path: d.policy.clone(),
+                reason,
+            });
         }
         Ok(())
     }

@@ -24,11 +24,13 @@ pub mod flops;
 pub mod init;
 mod linear;
 mod loss;
+pub mod lr;
 mod mlp;
 pub mod optim;
 mod params;
 pub mod policy;
 mod report;
+mod resmlp;
 mod site;
 
 pub use activation::Activation;
@@ -44,9 +46,10 @@ pub use loss::Loss;
 pub use mlp::{Mlp, MlpSpec, Probe};
 pub use params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params, Vector};
 pub use report::ExpansionReport;
+pub use resmlp::{Block, ResMlp, ResMlpSpec};
 pub use site::{
     check_growth, grow_site, grow_site_probed, Growable, LossProbe, Site, SiteMut,
-    DEFAULT_MAX_WIDTH,
+    DEFAULT_MAX_WIDTH, FIRST_BLOCK,
 };
 
 /// The README's examples, compiled and run as doc tests.

@@ -175,9 +175,11 @@ pub trait Growable<E: Real, D: Device<E>>: Params<E, D> + Clone {
         Vec::new()
     }
 
-    /// Inserts a new block of `hidden` units after block `after` that adds exactly zero to
-    /// the function (its output projection is zero), and returns the new block's name.
-    /// Default: depth growth is not supported.
+    /// Inserts a new block of `hidden` units after block `after` (or first, after
+    /// [`FIRST_BLOCK`]) that adds exactly zero to the function (its output projection is
+    /// zero), and returns the new block's name. New blocks' names must be made in an order
+    /// that sorting by the number they end with reproduces (`blocks.7` after `blocks.6`), so
+    /// that a checkpoint can rebuild them. Default: depth growth is not supported.
     fn deepen(
         &mut self,
         after: &str,
@@ -191,6 +193,9 @@ pub trait Growable<E: Real, D: Device<E>>: Params<E, D> + Clone {
         })
     }
 }
+
+/// What [`Growable::deepen`] takes as `after` to insert a block before every other one.
+pub const FIRST_BLOCK: &str = "input";
 
 /// The names of a model's sites, for error messages.
 pub(crate) fn site_names(sites: &[Site]) -> Vec<String> {

@@ -67,7 +67,59 @@ pub struct StageSpec {
     pub times: u32,
 }
 
-fn options() -> ron::Options {
+/// `s` with every `Some((` .. `))` turned into `Some(` .. `)`, outside strings and comments.
+fn unwrap_some_structs(s: &str) -> String {
+    let c: Vec<char> = s.chars().collect();
+    let mut drop = vec![false; c.len()];
+    // Whether the parenthesis opened at each depth is one to drop when it closes.
+    let mut stack: Vec<bool> = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        match c[i] {
+            '"' => {
+                i += 1;
+                while i < c.len() && c[i] != '"' {
+                    i += if c[i] == '\\' { 2 } else { 1 };
+                }
+            }
+            '/' if c.get(i + 1) == Some(&'/') => {
+                while i < c.len() && c[i] != '\n' {
+                    i += 1;
+                }
+            }
+            '/' if c.get(i + 1) == Some(&'*') => {
+                while i + 1 < c.len() && !(c[i] == '*' && c[i + 1] == '/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            '(' => {
+                let prev: String = c[..i].iter().rev().skip_while(|c| c.is_whitespace()).take(5).collect();
+                let after_some = prev == "(emoS"
+                    && !c[..i].iter().rev().skip_while(|c| c.is_whitespace()).nth(5).is_some_and(|p| p.is_alphanumeric() || *p == '_');
+                drop[i] = after_some;
+                stack.push(after_some);
+            }
+            ')' => drop[i] = stack.pop().unwrap_or(false),
+            _ => {}
+        }
+        i += 1;
+    }
+    c.iter()
+        .zip(&drop)
+        .filter(|(_, d)| !**d)
+        .map(|(c, _)| *c)
+        .collect()
+}
+
+/// Standard RON, without extensions: every option `None` or `Some(..)`, newtype variants in
+/// double parentheses.
+fn standard_ron_options() -> ron::Options {
+    ron::Options::default().with_recursion_limit(RON_RECURSION_LIMIT)
+}
+
+/// The RON options every file of the crate is read with.
+pub(crate) fn ron_options() -> ron::Options {
     ron::Options::default()
         .with_default_extension(Extensions::UNWRAP_VARIANT_NEWTYPES)
         .with_default_extension(Extensions::IMPLICIT_SOME)
@@ -77,7 +129,18 @@ fn options() -> ron::Options {
 impl PolicySpec {
     /// Parse and validate RON text; `origin` names it in errors (usually the file path).
     pub fn from_ron(s: &str, origin: &str) -> Result<Self, PolicyError> {
-        let spec: PolicySpec = options().from_str(s).map_err(|e| {
+        // Both spellings of an option are accepted: `max_width: 256` (implicit) and standard
+        // RON's `Some(256)`. The file's own form is read first; with variants unwrapped, RON
+        // reads `Some((window: 5, ..))` as `Some(window: 5, ..)`, so a file that fails is read
+        // again with that one paren level removed, then as fully standard RON (newtype
+        // variants in double parentheses). The first error is the one reported.
+        let parsed = ron_options().from_str(s).or_else(|e| {
+            ron_options()
+                .from_str(&unwrap_some_structs(s))
+                .or_else(|_| standard_ron_options().from_str(s))
+                .map_err(|_| e)
+        });
+        let spec: PolicySpec = parsed.map_err(|e: ron::error::SpannedError| {
             let line = e.span.start.line;
             // Up to 80 characters of the offending line around the error column.
             let skip = e.span.start.col.saturating_sub(41);
@@ -242,5 +305,8 @@ impl GrowthPolicy for FromOrigin {
     }
     fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
         self.inner.check(m).map_err(|e| e.from_origin(&self.origin))
+    }
+    fn origin(&self) -> Option<&str> {
+        Some(&self.origin)
     }
 }

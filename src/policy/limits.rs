@@ -95,7 +95,7 @@ impl Limits {
         if *init == Init::MirrorPairs && multiple % 2 == 1 {
             multiple *= 2;
         }
-        if k % multiple != 0 {
+        if !k.is_multiple_of(multiple) {
             k -= k % multiple;
             if why.is_empty() {
                 why = format!("a multiple of {multiple} units");

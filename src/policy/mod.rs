@@ -65,6 +65,7 @@ mod schedule;
 mod slope;
 
 pub use combinators::{AllOf, AnyOf, Sequence};
+pub(crate) use config::ron_options;
 pub use config::{
     load_policy, load_spec, policy_from_str, PolicySpec, StageSpec, MAX_DEPTH, MAX_POLICY_BYTES,
 };
@@ -116,6 +117,11 @@ pub trait GrowthPolicy: std::fmt::Debug + Send {
         let _ = m;
         Ok(())
     }
+
+    /// Where the policy came from (its file), for error messages. Default none.
+    fn origin(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl<P: GrowthPolicy + ?Sized> GrowthPolicy for Box<P> {
@@ -142,6 +148,9 @@ impl<P: GrowthPolicy + ?Sized> GrowthPolicy for Box<P> {
     }
     fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
         (**self).check(m)
+    }
+    fn origin(&self) -> Option<&str> {
+        (**self).origin()
     }
 }
 

@@ -1,0 +1,359 @@
+//! The controller grows a model of the user's own: two heads reading one hidden layer, whose
+//! producer is a layer type of the user's own implementing `Expandable`.
+
+use dfdx_grow::audit::{AuditLog, AuditRecord};
+use dfdx_grow::checkpoint::Checkpoint;
+use dfdx_grow::dfdx::prelude::*;
+use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
+use dfdx_grow::policy::{load_policy, Metrics, PolicyError};
+use dfdx_grow::rand::{rngs::StdRng, Rng, SeedableRng};
+use dfdx_grow::{
+    grow_site, scoped, scoped_mut, ControllerError, Expandable, GrowError, Growable,
+    GrowthController, Init, Linear, Matrix, Outcome, ParamMut, ParamRef, Params, Real, Site,
+    SiteMut, Vector,
+};
+
+/// A bias-free linear layer with a learnable gain per output: `y = (x W^T) * g`.
+#[derive(Clone, Debug)]
+struct Scaled<E: Dtype> {
+    weight: Matrix<E, Cpu>,
+    gain: Vector<E, Cpu>,
+}
+
+impl<E: Real> Scaled<E>
+where
+    Cpu: Device<E>,
+{
+    fn new(inp: usize, out: usize, rng: &mut StdRng) -> Self {
+        let dev = Cpu::default();
+        let b = 1.0 / (inp as f64).sqrt();
+        let w = (0..inp * out).map(|_| E::from_f64(rng.gen_range(-b..b)).unwrap()).collect();
+        Scaled {
+            weight: dev.tensor_from_vec(w, (out, inp)),
+            gain: dev.tensor_from_vec(vec![E::one(); out], (out,)),
+        }
+    }
+}
+
+impl<E: Real> Expandable<E> for Scaled<E>
+where
+    Cpu: Device<E>,
+{
+    fn in_width(&self) -> usize {
+        self.weight.shape().1
+    }
+    fn out_width(&self) -> usize {
+        self.weight.shape().0
+    }
+    fn output_unit(&self, u: usize) -> Option<(Vec<E>, E)> {
+        let inp = self.in_width();
+        (u < self.out_width()).then(|| (self.weight.as_vec()[u * inp..(u + 1) * inp].to_vec(), E::zero()))
+    }
+    fn input_column(&self, u: usize) -> Option<Vec<E>> {
+        let (inp, w) = (self.in_width(), self.weight.as_vec());
+        (u < inp).then(|| (0..self.out_width()).map(|r| w[r * inp + u]).collect())
+    }
+    fn grow_outputs(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
+        let (out, inp, k) = (self.out_width(), self.in_width(), bias.len());
+        if fan_in.len() != k * inp {
+            return Err(GrowError::ShapeMismatch { what: "Scaled fan-in".into(), expected: k * inp, found: fan_in.len() });
+        }
+        let mut w = self.weight.as_vec();
+        w.extend_from_slice(fan_in);
+        let mut g = self.gain.as_vec();
+        g.extend(std::iter::repeat_n(E::one(), k)); // new units start at gain 1
+        let dev = Cpu::default();
+        self.weight = dev.tensor_from_vec(w, (out + k, inp));
+        self.gain = dev.tensor_from_vec(g, (out + k,));
+        Ok(())
+    }
+    fn grow_inputs(&mut self, fan_out: &[E], rescale: &[(usize, E)]) -> Result<(), GrowError> {
+        let (out, inp) = (self.out_width(), self.in_width());
+        if out == 0 || fan_out.len() % out != 0 {
+            return Err(GrowError::ShapeMismatch { what: "Scaled fan-out".into(), expected: out, found: fan_out.len() });
+        }
+        let k = fan_out.len() / out;
+        let mut old = self.weight.as_vec();
+        for &(c, f) in rescale {
+            for r in 0..out {
+                old[r * inp + c] *= f;
+            }
+        }
+        let mut w = Vec::with_capacity(out * (inp + k));
+        for r in 0..out {
+            w.extend_from_slice(&old[r * inp..(r + 1) * inp]);
+            w.extend((0..k).map(|j| fan_out[j * out + r]));
+        }
+        self.weight = Cpu::default().tensor_from_vec(w, (out, inp + k));
+        Ok(())
+    }
+}
+
+impl<E: Real> Params<E, Cpu> for Scaled<E>
+where
+    Cpu: Device<E>,
+{
+    fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, E, Cpu>)) {
+        f("weight", ParamRef::Matrix(&self.weight));
+        f("gain", ParamRef::Vector(&self.gain));
+    }
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, E, Cpu>)) {
+        f("weight", ParamMut::Matrix(&mut self.weight));
+        f("gain", ParamMut::Vector(&mut self.gain));
+    }
+}
+
+impl<E: Real, T: Tape<E, Cpu>> Module<Tensor<(usize, usize), E, Cpu, T>> for Scaled<E>
+where
+    Cpu: Device<E>,
+{
+    type Output = Tensor<(usize, usize), E, Cpu, T>;
+    type Error = <Cpu as HasErr>::Err;
+    fn try_forward(&self, x: Tensor<(usize, usize), E, Cpu, T>) -> Result<Self::Output, Self::Error> {
+        let (batch, out) = (x.shape().0, self.out_width());
+        let y = x.matmul(self.weight.retaped::<T>().permute::<_, Axes2<1, 0>>());
+        let g = self.gain.retaped::<T>().broadcast_like::<_, Axis<0>>(&(batch, out));
+        Ok(y * g)
+    }
+}
+
+/// A trunk of the user's own layer type, read by two heads.
+#[derive(Clone, Debug)]
+struct TwoHeads<E: Dtype>
+where
+    Cpu: Device<E>,
+{
+    trunk: Scaled<E>,
+    classes: Linear<E, Cpu>,
+    score: Linear<E, Cpu>,
+}
+
+impl<E: Real> TwoHeads<E>
+where
+    Cpu: Device<E>,
+{
+    fn new(inp: usize, hidden: usize, classes: usize, rng: &mut StdRng) -> Self {
+        let dev = Cpu::default();
+        TwoHeads {
+            trunk: Scaled::new(inp, hidden, rng),
+            classes: Linear::new(hidden, classes, &dev, rng).unwrap(),
+            score: Linear::new(hidden, 1, &dev, rng).unwrap(),
+        }
+    }
+
+    /// Both heads' outputs side by side.
+    fn forward<T: Tape<E, Cpu>>(&self, x: Tensor<(usize, usize), E, Cpu, T>) -> (Tensor<(usize, usize), E, Cpu, T>, Tensor<(usize, usize), E, Cpu, T>) {
+        let h = self.trunk.forward(x).relu();
+        let c = self.classes.forward(h.with_empty_tape());
+        (c, self.score.forward(h))
+    }
+}
+
+impl<E: Real> Params<E, Cpu> for TwoHeads<E>
+where
+    Cpu: Device<E>,
+{
+    fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, E, Cpu>)) {
+        self.trunk.visit(&mut scoped("trunk", f));
+        self.classes.visit(&mut scoped("classes", f));
+        self.score.visit(&mut scoped("score", f));
+    }
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, E, Cpu>)) {
+        self.trunk.visit_mut(&mut scoped_mut("trunk", f));
+        self.classes.visit_mut(&mut scoped_mut("classes", f));
+        self.score.visit_mut(&mut scoped_mut("score", f));
+    }
+}
+
+impl<E: Real> Growable<E, Cpu> for TwoHeads<E>
+where
+    Cpu: Device<E>,
+{
+    fn sites(&self) -> Vec<Site> {
+        vec![Site::new("trunk", &self.trunk, &[&self.classes, &self.score])
+            .with_params(["trunk.weight", "trunk.gain"])
+            .with_max_width(64)]
+    }
+    fn site_mut(&mut self, name: &str) -> Option<SiteMut<'_, E>> {
+        (name == "trunk").then(|| SiteMut {
+            producer: &mut self.trunk,
+            consumers: vec![&mut self.classes, &mut self.score],
+        })
+    }
+    fn forward_flops(&self) -> f64 {
+        let (i, h) = (self.trunk.in_width() as f64, self.trunk.out_width() as f64);
+        2.0 * i * h + 2.0 * h + self.classes.forward_flops() + self.score.forward_flops()
+    }
+}
+
+fn data<E: Real>(n: usize, rng: &mut StdRng) -> (Matrix<E, Cpu>, Matrix<E, Cpu>, Matrix<E, Cpu>)
+where
+    Cpu: Device<E>,
+{
+    let dev = Cpu::default();
+    let x: Vec<f64> = (0..n * 6).map(|_| rng.gen_range(0.0..1.0)).collect();
+    let mut y = vec![E::zero(); n * 3];
+    let mut s = vec![E::zero(); n];
+    for r in 0..n {
+        let row = &x[r * 6..(r + 1) * 6];
+        let c = usize::from(row[0] + row[1] > 1.0) + usize::from(row[2] * row[3] > 0.3);
+        y[r * 3 + c] = E::one();
+        s[r] = E::from_f64(row[4] * row[5]).unwrap();
+    }
+    let cast = |v: Vec<f64>| v.into_iter().map(|x| E::from_f64(x).unwrap()).collect();
+    (dev.tensor_from_vec(cast(x), (n, 6)), dev.tensor_from_vec(y, (n, 3)), dev.tensor_from_vec(s, (n, 1)))
+}
+
+fn loss<E: Real>(m: &TwoHeads<E>, x: &Matrix<E, Cpu>, y: &Matrix<E, Cpu>, s: &Matrix<E, Cpu>) -> f64
+where
+    Cpu: Device<E>,
+{
+    let (c, r) = m.forward(x.clone());
+    let l = cross_entropy_with_logits_loss(c, y.clone()) + mse_loss(r, s.clone());
+    l.as_vec()[0].to_f64().unwrap()
+}
+
+fn exact_growth<E: Real>(tol: f64)
+where
+    Cpu: Device<E>,
+{
+    let mut rng = StdRng::seed_from_u64(21);
+    for case in 0..40 {
+        let mut m = TwoHeads::<E>::new(6, rng.gen_range(1..30), 3, &mut rng);
+        let (x, _, _) = data::<E>(rng.gen_range(1..20), &mut rng);
+        let (c0, s0) = m.forward(x.clone());
+        let k = 2 * rng.gen_range(1..10);
+        let init = [Init::ZerosOut, Init::MirrorPairs, Init::CopyHalve][case % 3].clone();
+        grow_site(&mut m, "trunk", k, &init, &mut rng).unwrap();
+        let (c1, s1) = m.forward(x);
+        let f = |v: E| v.to_f64().unwrap();
+        for (a, b) in [(c0, c1), (s0, s1)] {
+            let (a, b) = (a.as_vec(), b.as_vec());
+            let scale = a.iter().map(|v| f(*v).abs()).fold(1e-30, f64::max);
+            let d = a.iter().zip(&b).map(|(p, q)| (f(*p) - f(*q)).abs()).fold(0.0, f64::max);
+            assert!(d / scale <= tol, "case {case} {}: {d}", init.name());
+        }
+        assert_eq!(m.classes.weight.shape().1, m.trunk.out_width());
+        assert_eq!(m.score.weight.shape().1, m.trunk.out_width());
+    }
+}
+
+#[test]
+fn growing_the_shared_layer_preserves_both_heads_in_f64() {
+    exact_growth::<f64>(1e-12);
+}
+
+#[test]
+fn growing_the_shared_layer_preserves_both_heads_in_f32() {
+    exact_growth::<f32>(1e-5);
+}
+
+#[test]
+fn a_site_counts_every_consumers_fan_out() {
+    let m = TwoHeads::<f32>::new(6, 8, 3, &mut StdRng::seed_from_u64(0));
+    // fan-in 6, no bias of its own but the site still counts one slot (the gain), 3 + 1 out.
+    assert_eq!(m.sites()[0].params_per_unit, 6 + 1 + 3 + 1);
+    let mut g = m.clone();
+    grow_site(&mut g, "trunk", 4, &Init::ZerosOut, &mut StdRng::seed_from_u64(1)).unwrap();
+    assert_eq!(g.num_params() - m.num_params(), 4 * (6 + 1 + 3 + 1));
+}
+
+#[test]
+fn a_refused_growth_leaves_the_user_model_as_it_was() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut m = TwoHeads::<f64>::new(6, 60, 3, &mut rng);
+    let before = Checkpoint::of(&m);
+    let e = grow_site(&mut m, "trunk", 8, &Init::ZerosOut, &mut rng).unwrap_err();
+    assert!(matches!(e, GrowError::WidthCap { .. }), "{e}");
+    let e = grow_site(&mut m, "head", 2, &Init::ZerosOut, &mut rng).unwrap_err();
+    assert!(e.to_string().contains("\"trunk\""), "lists the sites: {e}");
+    assert_eq!(Checkpoint::of(&m), before);
+}
+
+fn policy_file(name: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("dfdx_grow_any_{}_{name}.ron", std::process::id()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn the_controller_grows_the_user_model_from_a_policy_file() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut m = TwoHeads::<f32>::new(6, 8, 3, &mut rng);
+    let (x, y, s) = data::<f32>(128, &mut rng);
+    let mut opt = Adam::<f32>::new(AdamConfig { lr: 1e-2, ..AdamConfig::default() }).unwrap();
+    let file = policy_file(
+        "plateau",
+        "// grow the shared layer whenever the training loss stalls
+        Limits(max_width: 32, policy: Plateau(
+            monitor: Train, patience: 3, threshold: Rel(0.05), cooldown: 10,
+            target: Site(\"trunk\"), size: Fraction(1.0), init: ZerosOut,
+        ))",
+    );
+    let log = std::env::temp_dir().join(format!("dfdx_grow_any_{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut ctl = GrowthController::new(load_policy(&file).unwrap(), 1).with_audit(AuditLog::open(&log).unwrap());
+    let probe = |m: &TwoHeads<f32>| loss(m, &x, &y, &s);
+    let first = probe(&m);
+    for step in 1..=300 {
+        let grads = m.try_alloc_grads().unwrap();
+        let (c, r) = m.forward(x.clone().traced(grads));
+        let l = cross_entropy_with_logits_loss(c, y.clone()) + mse_loss(r, s.clone());
+        let train = l.as_vec()[0] as f64;
+        let mut grads = l.backward();
+        opt.update(&mut m, &mut grads).unwrap();
+        let metrics = Metrics::of(&m).step(step).train_loss(train).grads(&mut grads).build().unwrap();
+        if let Outcome::Grown(events) = ctl.observe(&metrics, &mut m, &mut opt, Some(&probe)).unwrap() {
+            for e in events {
+                assert!(e.loss_after.unwrap() <= e.loss_before.unwrap() * (1.0 + 1e-6));
+            }
+        }
+    }
+    assert!(probe(&m) < first, "it trained: {} -> {}", first, probe(&m));
+    assert_eq!(m.trunk.out_width(), 32, "grew 8 -> 16 -> 32 and stopped at the cap");
+    let records = AuditLog::read(&log).unwrap();
+    let grown: Vec<(usize, usize)> = records
+        .iter()
+        .filter_map(|r| match r {
+            AuditRecord::Growth(g) => Some((g.old_width, g.new_width)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(grown, [(8, 16), (16, 32)]);
+    assert!(records.iter().all(|r| match r {
+        AuditRecord::Growth(g) => g.site == "trunk" && g.policy.contains("plateau"),
+        _ => true,
+    }));
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn a_policy_naming_a_missing_site_is_an_error_naming_the_file_and_nothing_grows() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let mut m = TwoHeads::<f32>::new(6, 8, 3, &mut rng);
+    let mut opt = Adam::<f32>::new(AdamConfig::default()).unwrap();
+    let file = policy_file(
+        "typo",
+        "Schedule(events: [(at: Step(2), target: Site(\"trunc\"), size: Fixed(4))])",
+    );
+    let mut ctl = GrowthController::new(load_policy(&file).unwrap(), 1);
+    let before = Checkpoint::of(&m);
+    let metrics = |m: &TwoHeads<f32>, step| Metrics::of(m).step(step).build().unwrap();
+    assert_eq!(ctl.observe(&metrics(&m, 1), &mut m, &mut opt, None).unwrap(), Outcome::Idle);
+    for step in [2, 3] {
+        let e = ctl.observe(&metrics(&m, step), &mut m, &mut opt, None).unwrap_err();
+        let ControllerError::Policy(PolicyError::Model { origin, reason, .. }) = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(origin, &file.display().to_string());
+        assert!(reason.contains("\"trunc\"") && reason.contains("\"trunk\""), "{reason}");
+    }
+    assert_eq!(Checkpoint::of(&m), before);
+    assert!(ctl.events().is_empty());
+
+    // An index past the sites is caught at the first observation.
+    let file = policy_file("index", "Schedule(events: [(at: Step(50), target: Layer(1), size: Fixed(4))])");
+    let mut ctl = GrowthController::new(load_policy(&file).unwrap(), 1);
+    let e = ctl.observe(&metrics(&m, 1), &mut m, &mut opt, None).unwrap_err();
+    assert!(e.to_string().contains("Layer(1)") && e.to_string().contains("trunk"), "{e}");
+}

@@ -18,6 +18,7 @@ pub mod data;
 mod error;
 mod expandable;
 pub mod flops;
+pub mod fsio;
 pub mod init;
 mod linear;
 mod loss;

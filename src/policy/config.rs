@@ -176,14 +176,19 @@ impl PolicySpec {
     }
 }
 
-/// Read, parse and validate a policy spec file.
+/// The largest policy file read, in bytes (policy files are a few KiB).
+const MAX_POLICY_FILE_BYTES: u64 = 1 << 20;
+
+/// Read, parse and validate a policy spec file. A path that is not a regular file (a FIFO, a
+/// device, a directory) or a file over 1 MiB is refused before reading.
 pub fn load_spec(path: impl AsRef<Path>) -> Result<PolicySpec, PolicyError> {
     let path = path.as_ref();
     let origin = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| PolicyError::Io {
-        origin: origin.clone(),
-        source,
-    })?;
+    let bytes =
+        crate::fsio::read_bounded(path, MAX_POLICY_FILE_BYTES).map_err(|e| PolicyError::Io {
+            origin: origin.clone(),
+            source: e.into_io_error(),
+        })?;
     PolicySpec::from_bytes(&bytes, &origin)
 }
 

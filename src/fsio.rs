@@ -237,6 +237,25 @@ fn kind_of(ft: std::fs::FileType) -> &'static str {
     "not a regular file"
 }
 
+/// Refuses a path that exists and is not a regular file (following symbolic links), for
+/// callers that create the file when it is missing. `file`, if given, is checked instead of the
+/// path: the file opened, so that a swap after the first check is caught.
+pub(crate) fn refuse_non_regular(path: &Path, file: Option<&File>) -> Result<(), FileError> {
+    let meta = match file {
+        Some(f) => f.metadata(),
+        None => std::fs::metadata(path),
+    };
+    match meta {
+        Ok(m) if !m.file_type().is_file() => Err(FileError::NotRegular {
+            path: path.to_path_buf(),
+            kind: kind_of(m.file_type()),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && file.is_none() => Ok(()),
+        Err(e) => Err(io_err(path, "read")(e)),
+    }
+}
+
 /// Opens `path` for reading if it is a regular file (symbolic links are followed), checking
 /// the type before opening so that a FIFO is refused instead of blocking, and again after.
 /// For readers that stream a file; [`read_bounded`] reads it whole.

@@ -14,7 +14,6 @@ mod activation;
 pub mod audit;
 pub mod checkpoint;
 mod controller;
-pub mod data;
 mod error;
 mod expandable;
 pub mod flops;

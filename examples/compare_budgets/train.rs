@@ -2,11 +2,11 @@
 
 use std::time::Instant;
 
-use dfdx_grow::data::{Dataset, Split};
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::{Adam, AdamConfig, NewUnitLr, NewUnitSteps, Optimizer};
 use dfdx_grow::rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use dfdx_grow::{flops, Activation, GrowthController, Loss, Mlp, Params, Probe};
+use dfdx_grow_data::{Dataset, Split};
 
 /// Settings shared by every run of a comparison.
 #[derive(Clone, Debug)]

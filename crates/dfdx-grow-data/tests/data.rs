@@ -6,9 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dfdx_grow::data::digits::{digits, load_digits_from, parse_digits_csv};
-use dfdx_grow::data::idx::{load_fashion_mnist, load_idx_pair, IMAGES_MAGIC, LABELS_MAGIC};
-use dfdx_grow::data::{stratified_split, DataError, Dataset};
+use dfdx_grow_data::digits::{digits, load_digits_from, parse_digits_csv};
+use dfdx_grow_data::idx::{load_fashion_mnist, load_idx_pair, IMAGES_MAGIC, LABELS_MAGIC};
+use dfdx_grow_data::{stratified_split, DataError, Dataset};
 use flate2::{write::GzEncoder, Compression};
 
 /// Class counts of the 1,797 digits, counted from the CSV with awk.
@@ -142,7 +142,7 @@ fn embedded_digits_first_row_matches_the_csv_text() {
 
 #[test]
 fn load_digits_from_reads_the_gz_file_and_its_plain_text_alike() {
-    let gz_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/digits.csv.gz");
+    let gz_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz");
     let from_gz = load_digits_from(&gz_path).unwrap();
     assert_eq!(from_gz, digits().unwrap());
 
@@ -556,7 +556,7 @@ fn fashion_loader_accepts_gzipped_and_plain_names() {
 
 #[test]
 fn fashion_mnist_real_files_load_with_known_first_labels() {
-    let dir = Path::new(dfdx_grow::data::idx::FASHION_MNIST_DIR);
+    let dir = Path::new(dfdx_grow_data::idx::FASHION_MNIST_DIR);
     if !dir.is_dir() {
         eprintln!(
             "note: skipping: {} is absent (apt-get install dataset-fashion-mnist)",

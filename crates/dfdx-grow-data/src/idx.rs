@@ -12,8 +12,8 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::gz::Source;
-use super::{DataError, Dataset};
+use crate::gz::Source;
+use crate::{DataError, Dataset};
 
 /// The largest payload read from one IDX file, in bytes (1 GiB; Fashion-MNIST's training images
 /// are 47 MB).
@@ -47,7 +47,7 @@ pub struct IdxArray {
 /// decompressing it if it starts with the gzip magic. `origin` names the data in errors.
 ///
 /// ```
-/// use dfdx_grow::data::idx::read_idx;
+/// use dfdx_grow_data::idx::read_idx;
 ///
 /// let bytes = [0, 0, 8, 1, 0, 0, 0, 3, 9, 0, 0];
 /// let labels = read_idx(&bytes[..], "labels", 1).unwrap();
@@ -186,11 +186,11 @@ fn pair_to_dataset(
 /// directory or file gives [`DataError::Missing`], naming the paths tried and how to get them.
 ///
 /// ```no_run
-/// use dfdx_grow::data::idx::{load_fashion_mnist, FASHION_MNIST_DIR};
+/// use dfdx_grow_data::idx::{load_fashion_mnist, FASHION_MNIST_DIR};
 ///
 /// let (train, test) = load_fashion_mnist(FASHION_MNIST_DIR.as_ref())?;
 /// assert_eq!((train.len(), test.len()), (60_000, 10_000));
-/// # Ok::<(), dfdx_grow::data::DataError>(())
+/// # Ok::<(), dfdx_grow_data::DataError>(())
 /// ```
 pub fn load_fashion_mnist(dir: &Path) -> Result<(Dataset, Dataset), DataError> {
     if !dir.is_dir() {

@@ -168,7 +168,7 @@ pub enum DataError {
     /// The validation fraction is not a finite number in `[0, 1)`.
     #[error("validation fraction must be a finite number in [0, 1), got {0}")]
     BadFraction(f64),
-    /// A [`Dataset`](super::Dataset) was built from parts that do not fit together.
+    /// A [`Dataset`](crate::Dataset) was built from parts that do not fit together.
     #[error("inconsistent data set: {0}")]
     Shape(String),
 }

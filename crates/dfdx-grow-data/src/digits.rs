@@ -26,6 +26,10 @@ const EMBEDDED_NAME: &str = "embedded digits.csv.gz";
 /// The longest CSV line accepted, in bytes.
 const MAX_LINE: u64 = 64 * 1024;
 
+/// The most CSV text read, in bytes after decompression: 16 MiB, about 100,000 digits (the
+/// embedded copy is 0.5 MB), so that a small gzip bomb cannot fill the memory.
+pub const MAX_CSV_BYTES: u64 = 16 << 20;
+
 /// The embedded digits: 1,797 examples, 64 features in `[0, 1]`, 10 classes.
 ///
 /// Needs no file: the data are compiled into the crate. It returns a `Result` only because it
@@ -45,6 +49,7 @@ pub fn digits() -> Result<Dataset, DataError> {
 pub fn load_digits_from(path: impl AsRef<Path>) -> Result<Dataset, DataError> {
     let path = path.as_ref();
     let origin = path.display().to_string();
+    crate::idx::refuse_non_regular(path)?;
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -99,13 +104,20 @@ fn parse_csv(
     let mut labels = Vec::new();
     let mut buf = Vec::new();
     let mut line_no = 0;
+    let mut total = 0u64;
     loop {
         buf.clear();
         // The `take` bounds memory on input without newlines (a digits line is ~200 bytes).
         match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut buf) {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(n) => total += n as u64,
             Err(e) => return Err(read_error(e)),
+        }
+        if total > MAX_CSV_BYTES {
+            return Err(DataError::TextTooLong {
+                origin: origin.into(),
+                limit: MAX_CSV_BYTES,
+            });
         }
         line_no += 1;
         if buf.len() as u64 == MAX_LINE && buf.last() != Some(&b'\n') {

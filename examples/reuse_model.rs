@@ -19,11 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use dfdx_grow::checkpoint::Checkpoint;
-use dfdx_grow::data::{digits::digits, stratified_split, Split};
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
 use dfdx_grow::rand::{rngs::StdRng, SeedableRng};
 use dfdx_grow::{flops, Activation, Init, Mlp};
+use dfdx_grow_data::{digits::digits, stratified_split, Split};
 
 const SEED: u64 = 0;
 const FIRST: usize = 1500;

@@ -15,7 +15,6 @@ pub mod audit;
 pub mod checkpoint;
 mod codec;
 mod controller;
-pub mod data;
 mod error;
 mod expandable;
 pub mod fsio;

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use dfdx_grow::audit::{AuditLog, AuditRecord};
-use dfdx_grow::data::{digits::digits, stratified_split, Dataset};
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
 use dfdx_grow::policy::{load_policy, policy_from_str, Growth, Metrics};
 use dfdx_grow::rand::{seq::SliceRandom, SeedableRng};
 use dfdx_grow::{Activation, GrowthController, Init, Loss, Matrix, Mlp, Outcome, Params, Probe};
+use dfdx_grow_data::{digits::digits, stratified_split, Dataset};
 
 fn batch(dev: &Cpu, ds: &Dataset, idx: &[usize]) -> (Matrix<f32, Cpu>, Matrix<f32, Cpu>) {
     ds.batch(dev, idx)

@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use dfdx_grow::audit::{summary_table, AuditLog};
-use dfdx_grow::data::{self, Split};
 use dfdx_grow::optim::{NewUnitLr, NewUnitSteps};
 use dfdx_grow::policy::load_policy;
 use dfdx_grow::GrowthController;
+use dfdx_grow_data::{self as data, Split};
 
 use train::{Point, Settings};
 

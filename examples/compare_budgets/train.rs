@@ -2,12 +2,12 @@
 
 use std::time::Instant;
 
-use dfdx_grow::data::{Dataset, Split};
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::{Adam, AdamConfig, NewUnitLr, NewUnitSteps, Optimizer};
 use dfdx_grow::policy::Metrics;
 use dfdx_grow::rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use dfdx_grow::{flops, Activation, GrowthController, Loss, Mlp, Outcome, Params, Probe};
+use dfdx_grow_data::{Dataset, Split};
 
 /// Settings shared by every run of a comparison.
 #[derive(Clone, Debug)]
@@ -126,6 +126,24 @@ impl<'a> Batches<'a> {
     }
 }
 
+/// Refuses data a run cannot use: a batch size of 0, a training set smaller than one batch
+/// (`Batches` takes whole batches), an empty validation set (nothing to evaluate on).
+pub fn check_data(data: &Split, batch: usize) -> Result<(), String> {
+    if batch == 0 {
+        return Err("the batch size must be at least 1".into());
+    }
+    if data.train.len() < batch {
+        return Err(format!(
+            "the training set has {} example(s), fewer than one batch of {batch}",
+            data.train.len()
+        ));
+    }
+    if data.val.is_empty() {
+        return Err("the validation set is empty: nothing to evaluate the runs on".into());
+    }
+    Ok(())
+}
+
 /// One Adam step on `(x, y)`; returns the training loss and the gradients.
 pub fn adam_step(
     mlp: &mut Mlp<f32, Cpu>,
@@ -153,6 +171,7 @@ pub fn train(
     s: &Settings,
     progress: &mut dyn FnMut(&str, &Point, &[usize]),
 ) -> Result<Run, String> {
+    check_data(data, s.batch).map_err(|e| format!("{name}: {e}"))?;
     let dev = Cpu::default();
     let mut rng = StdRng::seed_from_u64(s.seed);
     let mut mlp = Mlp::<f32, Cpu>::try_new(sizes, Activation::Relu, &dev, &mut rng)
@@ -272,4 +291,74 @@ pub fn train(
         final_widths: mlp.widths(),
         refused,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dfdx_grow_data::Dataset;
+
+    fn settings(batch: usize) -> Settings {
+        Settings {
+            steps: 5,
+            flops_budget: None,
+            new_units: NewUnitSteps::Cohort,
+            new_unit_lr: None,
+            batch,
+            lr: 1e-3,
+            eval_every: 1,
+            seed: 0,
+        }
+    }
+
+    fn set(n: usize) -> Dataset {
+        Dataset::new(
+            vec![0.5; n * 4],
+            (0..n).map(|i| (i % 2) as u8).collect(),
+            4,
+            2,
+        )
+        .expect("consistent")
+    }
+
+    fn run(train_n: usize, val_n: usize, batch: usize) -> Result<Run, String> {
+        let data = Split {
+            train: set(train_n),
+            val: set(val_n),
+        };
+        train(
+            "t",
+            &data,
+            &[4, 3, 2],
+            64,
+            None,
+            &settings(batch),
+            &mut |_, _, _| {},
+        )
+    }
+
+    #[test]
+    fn fewer_training_examples_than_a_batch_is_an_error_not_a_panic() {
+        let e = run(3, 2, 64).expect_err("3 < 64");
+        assert!(
+            e.contains("3 example(s), fewer than one batch of 64"),
+            "{e}"
+        );
+        let e = run(0, 2, 1).expect_err("no training data");
+        assert!(e.contains("0 example(s)"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_validation_set_or_a_zero_batch_is_an_error() {
+        assert!(run(8, 0, 4)
+            .expect_err("no val")
+            .contains("validation set is empty"));
+        assert!(run(8, 2, 0).expect_err("batch 0").contains("at least 1"));
+    }
+
+    #[test]
+    fn exactly_one_batch_of_data_trains() {
+        let r = run(4, 2, 4).expect("one batch per epoch is enough");
+        assert_eq!(r.curve.last().map(|p| p.step), Some(5));
+    }
 }

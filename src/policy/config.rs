@@ -241,7 +241,7 @@ impl PolicySpec {
     }
 }
 
-/// The largest policy file [`load_spec`] reads.
+/// The largest policy file [`load_spec`] reads (policy files are a few KiB).
 pub const MAX_POLICY_BYTES: u64 = 1 << 20;
 
 /// Read, parse and validate a policy spec file (at most [`MAX_POLICY_BYTES`]; a FIFO, a
@@ -251,7 +251,7 @@ pub fn load_spec(path: impl AsRef<Path>) -> Result<PolicySpec, PolicyError> {
     let origin = path.display().to_string();
     let bytes = crate::fsio::read_bounded(path, MAX_POLICY_BYTES).map_err(|e| PolicyError::Io {
         origin: origin.clone(),
-        source: std::io::Error::other(e.to_string()),
+        source: e.into_io_error(),
     })?;
     PolicySpec::from_bytes(&bytes, &origin)
 }

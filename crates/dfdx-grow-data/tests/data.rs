@@ -6,9 +6,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dfdx_grow::data::digits::{digits, load_digits_from, parse_digits_csv};
-use dfdx_grow::data::idx::{load_fashion_mnist, load_idx_pair, IMAGES_MAGIC, LABELS_MAGIC};
-use dfdx_grow::data::{stratified_split, DataError, Dataset};
+use dfdx_grow_data::digits::{digits, load_digits_from, parse_digits_csv, MAX_CSV_BYTES};
+use dfdx_grow_data::idx::{
+    load_fashion_mnist, load_idx_pair, IMAGES_MAGIC, LABELS_MAGIC, MAX_ITEM_VALUES,
+};
+use dfdx_grow_data::{stratified_split, DataError, Dataset};
 use flate2::{write::GzEncoder, Compression};
 
 /// Class counts of the 1,797 digits, counted from the CSV with awk.
@@ -142,7 +144,7 @@ fn embedded_digits_first_row_matches_the_csv_text() {
 
 #[test]
 fn load_digits_from_reads_the_gz_file_and_its_plain_text_alike() {
-    let gz_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/digits.csv.gz");
+    let gz_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz");
     let from_gz = load_digits_from(&gz_path).unwrap();
     assert_eq!(from_gz, digits().unwrap());
 
@@ -168,6 +170,80 @@ fn load_digits_from_missing_file_names_the_path_and_the_embedded_copy() {
         err,
         |e| matches!(e, DataError::Missing { .. }),
         &[&shown, "digits()", "scikit-learn"],
+    );
+}
+
+/// A gzip stream of `members` concatenated gzip members, each 1 MiB of valid digit lines (a
+/// gzip file may hold several members; the loader reads them all): small compressed, large
+/// decompressed.
+fn digits_gzip_bomb(members: usize) -> (Vec<u8>, u64) {
+    let line = csv_line("16", "7");
+    let chunk = line.repeat((1 << 20) / line.len());
+    let member = gzip(chunk.as_bytes());
+    (member.repeat(members), (chunk.len() * members) as u64)
+}
+
+#[test]
+fn a_small_gzip_that_inflates_past_the_cap_is_refused_naming_the_file() {
+    let (bomb, inflated) = digits_gzip_bomb(20);
+    assert!(inflated > MAX_CSV_BYTES && bomb.len() < 1 << 20);
+    let dir = TempDir::new("bomb");
+    let path = dir.write("digits.csv.gz", &bomb);
+    let shown = path.display().to_string();
+    assert_err(
+        load_digits_from(&path).unwrap_err(),
+        |e| matches!(e, DataError::TextTooLong { limit, .. } if *limit == MAX_CSV_BYTES),
+        &[&shown, "after decompression"],
+    );
+    // A file of the same lines under the cap loads.
+    let (small, _) = digits_gzip_bomb(2);
+    let ok = load_digits_from(dir.write("small.csv.gz", &small)).unwrap();
+    assert!(ok.len() > 10_000);
+}
+
+#[test]
+fn plain_csv_text_past_the_cap_is_refused_too() {
+    let line = csv_line("1", "2");
+    let text = line.repeat(MAX_CSV_BYTES as usize / line.len() + 2);
+    assert_err(
+        parse_digits_csv(text.as_bytes()).unwrap_err(),
+        |e| matches!(e, DataError::TextTooLong { .. }),
+        &["digits CSV"],
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_or_a_directory_is_refused_without_blocking() {
+    let dir = TempDir::new("fifo");
+    let fifo = dir.0.join("digits.csv");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let lab = dir.write("lab", &labels(&[0]));
+    // Run on a thread so that a blocking open fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (f, l, d) = (fifo.clone(), lab.clone(), dir.0.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send((
+            load_digits_from(&f).unwrap_err(),
+            load_idx_pair(&f, &l, 10).unwrap_err(),
+            load_digits_from(&d).unwrap_err(),
+        ));
+    });
+    let (a, b, c) = rx
+        .recv_timeout(std::time::Duration::from_secs(2))
+        .expect("a loader blocked on a FIFO");
+    let shown = fifo.display().to_string();
+    for e in [a, b] {
+        assert_err(e, |e| matches!(e, DataError::NotAFile { .. }), &[&shown]);
+    }
+    assert_err(
+        c,
+        |e| matches!(e, DataError::NotAFile { .. }),
+        &["not a regular file"],
     );
 }
 
@@ -464,6 +540,48 @@ fn idx_huge_claimed_count_is_rejected_without_allocating() {
 }
 
 #[test]
+fn idx_zero_images_of_65535_by_65535_is_a_typed_error_not_an_abort() {
+    // No payload at all, but every image would have 4,294,836,225 pixels: a model sized by it
+    // could not be allocated.
+    let dir = TempDir::new("idx_wide");
+    let img = dir.write("img", &idx(IMAGES_MAGIC, &[0, 65535, 65535], &[]));
+    let lab = dir.write("lab", &labels(&[]));
+    let shown = img.display().to_string();
+    assert_err(
+        load_idx_pair(&img, &lab, 10).unwrap_err(),
+        |e| {
+            matches!(e, DataError::ItemSize { values, limit, .. }
+                if *values == 65535 * 65535 && *limit == MAX_ITEM_VALUES)
+        },
+        &[&shown, "65535", "values per item"],
+    );
+}
+
+#[test]
+fn idx_images_of_zero_pixels_are_a_typed_error() {
+    let dir = TempDir::new("idx_zero_px");
+    let img = dir.write("img", &idx(IMAGES_MAGIC, &[2, 0, 28], &[]));
+    let lab = dir.write("lab", &labels(&[0, 1]));
+    assert_err(
+        load_idx_pair(&img, &lab, 10).unwrap_err(),
+        |e| matches!(e, DataError::ItemSize { values: 0, .. }),
+        &[&img.display().to_string()],
+    );
+}
+
+#[test]
+fn idx_zero_images_of_a_sane_size_is_empty() {
+    let dir = TempDir::new("idx_no_images");
+    let img = dir.write("img", &idx(IMAGES_MAGIC, &[0, 2, 2], &[]));
+    let lab = dir.write("lab", &labels(&[]));
+    assert_err(
+        load_idx_pair(&img, &lab, 10).unwrap_err(),
+        |e| matches!(e, DataError::Empty { .. }),
+        &[&img.display().to_string(), "at least one image"],
+    );
+}
+
+#[test]
 fn idx_large_but_allowed_claim_with_short_file_is_truncated() {
     // 2^20 labels claimed (under the cap), 3 present: read only what is there.
     let dir = TempDir::new("idx_claim");
@@ -556,7 +674,7 @@ fn fashion_loader_accepts_gzipped_and_plain_names() {
 
 #[test]
 fn fashion_mnist_real_files_load_with_known_first_labels() {
-    let dir = Path::new(dfdx_grow::data::idx::FASHION_MNIST_DIR);
+    let dir = Path::new(dfdx_grow_data::idx::FASHION_MNIST_DIR);
     if !dir.is_dir() {
         eprintln!(
             "note: skipping: {} is absent (apt-get install dataset-fashion-mnist)",

@@ -12,12 +12,17 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::gz::Source;
-use super::{DataError, Dataset};
+use crate::gz::Source;
+use crate::{DataError, Dataset};
 
 /// The largest payload read from one IDX file, in bytes (1 GiB; Fashion-MNIST's training images
 /// are 47 MB).
 pub const MAX_PAYLOAD: u64 = 1 << 30;
+
+/// The most values one item (an image) of an IDX file may have: 2^20, e.g. 1024x1024 pixels
+/// (Fashion-MNIST has 784). A model's first layer is sized by it, so a header claiming more is
+/// refused before anything is allocated.
+pub const MAX_ITEM_VALUES: u64 = 1 << 20;
 
 /// Magic number of an IDX file of unsigned bytes with rank 3 (images).
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
@@ -47,7 +52,7 @@ pub struct IdxArray {
 /// decompressing it if it starts with the gzip magic. `origin` names the data in errors.
 ///
 /// ```
-/// use dfdx_grow::data::idx::read_idx;
+/// use dfdx_grow_data::idx::read_idx;
 ///
 /// let bytes = [0, 0, 8, 1, 0, 0, 0, 3, 9, 0, 0];
 /// let labels = read_idx(&bytes[..], "labels", 1).unwrap();
@@ -102,6 +107,20 @@ pub fn read_idx(reader: impl Read, origin: &str, rank: u8) -> Result<IdxArray, D
             limit: MAX_PAYLOAD,
         });
     }
+    // Checked even when the count is 0 and the payload empty: the item size alone is used to
+    // size models.
+    let values = dims[1.min(dims.len())..]
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d)))
+        .unwrap_or(u64::MAX);
+    if values == 0 || values > MAX_ITEM_VALUES {
+        return Err(DataError::ItemSize {
+            origin: origin.into(),
+            dims,
+            values,
+            limit: MAX_ITEM_VALUES,
+        });
+    }
     let data = src.read_up_to(bytes + 1)?;
     let found = data.len() as u64;
     if found < bytes {
@@ -149,6 +168,12 @@ fn pair_to_dataset(
     // The ranks are checked by the magic numbers, so the dims have 3 and 1 entries.
     let n_images = img.dims[0] as usize;
     let n_labels = lab.dims[0] as usize;
+    if n_images == 0 {
+        return Err(DataError::Empty {
+            origin: images.into(),
+            expected: "at least one image",
+        });
+    }
     if n_images != n_labels {
         return Err(DataError::CountMismatch {
             images: images.into(),
@@ -186,11 +211,11 @@ fn pair_to_dataset(
 /// directory or file gives [`DataError::Missing`], naming the paths tried and how to get them.
 ///
 /// ```no_run
-/// use dfdx_grow::data::idx::{load_fashion_mnist, FASHION_MNIST_DIR};
+/// use dfdx_grow_data::idx::{load_fashion_mnist, FASHION_MNIST_DIR};
 ///
 /// let (train, test) = load_fashion_mnist(FASHION_MNIST_DIR.as_ref())?;
 /// assert_eq!((train.len(), test.len()), (60_000, 10_000));
-/// # Ok::<(), dfdx_grow::data::DataError>(())
+/// # Ok::<(), dfdx_grow_data::DataError>(())
 /// ```
 pub fn load_fashion_mnist(dir: &Path) -> Result<(Dataset, Dataset), DataError> {
     if !dir.is_dir() {
@@ -238,6 +263,7 @@ fn find_fashion(dir: &Path, stem: &str) -> Result<PathBuf, DataError> {
 }
 
 fn open(path: &Path, what: &str, hint: &str) -> Result<File, DataError> {
+    refuse_non_regular(path)?;
     File::open(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             DataError::Missing {
@@ -252,6 +278,15 @@ fn open(path: &Path, what: &str, hint: &str) -> Result<File, DataError> {
             }
         }
     })
+}
+
+/// Refuses a path that exists and is not a regular file before it is opened (opening a FIFO
+/// blocks; reading a device never ends). A missing path is left for `open` to report.
+pub(crate) fn refuse_non_regular(path: &Path) -> Result<(), DataError> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => Err(DataError::NotAFile { origin: show(path) }),
+        _ => Ok(()),
+    }
 }
 
 fn show(path: &Path) -> String {

@@ -1,17 +1,24 @@
-//! Data sets for the examples and benchmarks: a small in-memory [`Dataset`] type, a seeded
-//! [`stratified_split`], the embedded UCI optical [`digits`](digits::digits) and a reader for
-//! IDX files such as [Fashion-MNIST](idx::load_fashion_mnist).
+//! Data sets for dfdx-grow's examples, benchmarks and tests: a small in-memory [`Dataset`]
+//! type, a seeded [`stratified_split`], the embedded UCI optical [`digits`](digits::digits) and
+//! a reader for IDX files such as [Fashion-MNIST](idx::load_fashion_mnist).
+//!
+//! A crate of its own, depending on dfdx but not on dfdx-grow, so that the library carries no
+//! data and no gzip dependency (and the library's tests, which use this crate, see one copy of
+//! its types).
 //!
 //! Nothing here downloads anything: loaders read local files (or bytes embedded in the crate)
 //! and, when a file is missing, say where they looked and how to get it.
 //!
 //! ```
-//! use dfdx_grow::data::{digits::digits, stratified_split};
+//! use dfdx_grow_data::{digits::digits, stratified_split};
 //!
 //! let ds = digits().unwrap();
 //! let split = stratified_split(&ds, 0.2, 42).unwrap();
 //! assert_eq!(split.train.len() + split.val.len(), ds.len());
 //! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod digits;
 mod error;
@@ -21,6 +28,11 @@ mod split;
 
 pub use error::DataError;
 pub use split::{stratified_split, Split};
+
+use dfdx::prelude::{Device, Dtype, Tensor};
+
+/// A runtime-sized dfdx matrix, the same type as dfdx-grow's `Matrix`.
+pub type Matrix<E, D> = Tensor<(usize, usize), E, D>;
 
 /// A labelled classification data set held in memory.
 ///
@@ -43,7 +55,7 @@ impl Dataset {
     /// `labels.len() * n_features` and every label below `n_classes`.
     ///
     /// ```
-    /// use dfdx_grow::data::Dataset;
+    /// use dfdx_grow_data::Dataset;
     ///
     /// let ds = Dataset::new(vec![0.0, 1.0, 0.5, 0.5], vec![1, 0], 2, 2).unwrap();
     /// assert_eq!(ds.row(1), &[0.5, 0.5]);
@@ -99,25 +111,26 @@ impl Dataset {
     }
 
     /// Rows `indices` as a `(rows, n_features)` input matrix and `(rows, n_classes)` one-hot
-    /// targets on `dev`, ready for [`crate::Mlp`] and [`crate::Loss::CrossEntropy`].
+    /// targets on `dev` (in dfdx-grow's terms: a `Matrix` input for an `Mlp` and targets for
+    /// `Loss::CrossEntropy`).
     ///
     /// # Panics
     /// If an index is out of range, like a slice.
     ///
     /// ```
-    /// use dfdx_grow::dfdx::prelude::*;
-    /// use dfdx_grow::data::digits::digits;
+    /// use dfdx::prelude::*;
+    /// use dfdx_grow_data::digits::digits;
     ///
     /// let ds = digits().unwrap();
     /// let (x, y) = ds.batch::<f32, Cpu>(&Cpu::default(), &[0, 1, 2]);
     /// assert_eq!((*x.shape(), *y.shape()), ((3, 64), (3, 10)));
     /// assert_eq!(y.as_vec().iter().sum::<f32>(), 3.0);
     /// ```
-    pub fn batch<E: crate::Real, D: dfdx::prelude::Device<E>>(
-        &self,
-        dev: &D,
-        indices: &[usize],
-    ) -> (crate::Matrix<E, D>, crate::Matrix<E, D>) {
+    pub fn batch<E, D>(&self, dev: &D, indices: &[usize]) -> (Matrix<E, D>, Matrix<E, D>)
+    where
+        E: Dtype + num_traits::Float,
+        D: Device<E>,
+    {
         let cast = |v: f32| E::from_f32(v).unwrap_or_else(E::zero);
         let mut x = Vec::with_capacity(indices.len() * self.n_features);
         let mut y = vec![E::zero(); indices.len() * self.n_classes];
@@ -134,7 +147,7 @@ impl Dataset {
     /// A new data set holding the given rows, in the given order (repeats allowed).
     ///
     /// ```
-    /// use dfdx_grow::data::Dataset;
+    /// use dfdx_grow_data::Dataset;
     ///
     /// let ds = Dataset::new(vec![0.0, 0.1, 0.2], vec![0, 1, 2], 1, 3).unwrap();
     /// let sub = ds.gather(&[2, 0]);
@@ -163,7 +176,7 @@ impl Dataset {
     /// which [`Dataset::new`] rules out, are not counted).
     ///
     /// ```
-    /// use dfdx_grow::data::Dataset;
+    /// use dfdx_grow_data::Dataset;
     ///
     /// let ds = Dataset::new(vec![0.0; 3], vec![0, 2, 2], 1, 3).unwrap();
     /// assert_eq!(ds.class_counts(), vec![1, 0, 2]);

@@ -2,7 +2,7 @@
 
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
-use super::{DataError, Dataset};
+use crate::{DataError, Dataset};
 
 /// A data set cut in two: examples to train on and examples held out for validation.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,7 +24,7 @@ pub struct Split {
 /// `val_fraction` must be finite and in `[0, 1)`; otherwise [`DataError::BadFraction`].
 ///
 /// ```
-/// use dfdx_grow::data::{stratified_split, Dataset};
+/// use dfdx_grow_data::{stratified_split, Dataset};
 ///
 /// let ds = Dataset::new(vec![0.0; 10], vec![0, 0, 0, 0, 1, 1, 1, 1, 1, 1], 1, 2).unwrap();
 /// let split = stratified_split(&ds, 0.5, 7).unwrap();

@@ -1,5 +1,5 @@
 //! The UCI optical digits: 1,797 handwritten digits as 8x8 images with pixel values 0-16
-//! (scikit-learn's copy, embedded in the crate; see `examples/data/LICENSE-digits.txt`).
+//! (scikit-learn's copy, embedded in the crate; see `data/LICENSE-digits.txt` in this crate).
 //!
 //! The CSV format: no header; each line holds 64 pixel values (row by row) and then the label
 //! 0-9, separated by commas. Pixels are scaled to `[0, 1]` by dividing by 16.
@@ -8,8 +8,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
-use super::gz::Source;
-use super::{DataError, Dataset};
+use crate::gz::Source;
+use crate::{DataError, Dataset};
 
 /// The number of pixels (features) per digit: an 8x8 image.
 pub const N_FEATURES: usize = 64;
@@ -19,12 +19,16 @@ pub const N_CLASSES: usize = 10;
 pub const MAX_PIXEL: f32 = 16.0;
 
 /// The scikit-learn copy of the data, gzip-compressed, compiled into the crate.
-static EMBEDDED: &[u8] = include_bytes!("../../examples/data/digits.csv.gz");
+static EMBEDDED: &[u8] = include_bytes!("../data/digits.csv.gz");
 
 const EMBEDDED_NAME: &str = "embedded digits.csv.gz";
 
 /// The longest CSV line accepted, in bytes.
 const MAX_LINE: u64 = 64 * 1024;
+
+/// The most CSV text read, in bytes after decompression: 16 MiB, about 100,000 digits (the
+/// embedded copy is 0.5 MB), so that a small gzip bomb cannot fill the memory.
+pub const MAX_CSV_BYTES: u64 = 16 << 20;
 
 /// The embedded digits: 1,797 examples, 64 features in `[0, 1]`, 10 classes.
 ///
@@ -32,7 +36,7 @@ const MAX_LINE: u64 = 64 * 1024;
 /// uses the same parser as [`load_digits_from`]; it does not fail.
 ///
 /// ```
-/// let ds = dfdx_grow::data::digits::digits().unwrap();
+/// let ds = dfdx_grow_data::digits::digits().unwrap();
 /// assert_eq!((ds.len(), ds.n_features, ds.n_classes), (1797, 64, 10));
 /// ```
 pub fn digits() -> Result<Dataset, DataError> {
@@ -45,13 +49,14 @@ pub fn digits() -> Result<Dataset, DataError> {
 pub fn load_digits_from(path: impl AsRef<Path>) -> Result<Dataset, DataError> {
     let path = path.as_ref();
     let origin = path.display().to_string();
+    crate::idx::refuse_non_regular(path)?;
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(DataError::Missing {
                 what: "digits CSV".into(),
                 looked_for: vec![path.to_path_buf()],
-                hint: "The crate embeds a copy (dfdx_grow::data::digits::digits()); another one \
+                hint: "The crate embeds a copy (dfdx_grow_data::digits::digits()); another one \
                        is sklearn/datasets/data/digits.csv.gz inside the scikit-learn wheel \
                        (pip download --no-deps scikit-learn)."
                     .into(),
@@ -65,7 +70,7 @@ pub fn load_digits_from(path: impl AsRef<Path>) -> Result<Dataset, DataError> {
 /// Parses digits CSV text (not compressed) from `reader`; error messages call it `digits CSV`.
 ///
 /// ```
-/// use dfdx_grow::data::digits::parse_digits_csv;
+/// use dfdx_grow_data::digits::parse_digits_csv;
 ///
 /// let line = format!("{}16,3\n", "0,".repeat(63));
 /// let ds = parse_digits_csv(line.as_bytes()).unwrap();
@@ -99,13 +104,20 @@ fn parse_csv(
     let mut labels = Vec::new();
     let mut buf = Vec::new();
     let mut line_no = 0;
+    let mut total = 0u64;
     loop {
         buf.clear();
         // The `take` bounds memory on input without newlines (a digits line is ~200 bytes).
         match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut buf) {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(n) => total += n as u64,
             Err(e) => return Err(read_error(e)),
+        }
+        if total > MAX_CSV_BYTES {
+            return Err(DataError::TextTooLong {
+                origin: origin.into(),
+                limit: MAX_CSV_BYTES,
+            });
         }
         line_no += 1;
         if buf.len() as u64 == MAX_LINE && buf.last() != Some(&b'\n') {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 /// Every variant that comes from a file names it in `origin` (the path as text, or a short name
 /// such as `embedded digits.csv.gz` for in-memory data), and its message says what was expected.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DataError {
     /// A file or directory is not there.
     #[error("{what} not found; looked for {}. {hint}", join_paths(looked_for))]
@@ -89,6 +90,40 @@ pub enum DataError {
         /// The largest payload accepted.
         limit: u64,
     },
+    /// An IDX header describes items (images) of no values, or of more than
+    /// [`MAX_ITEM_VALUES`](crate::idx::MAX_ITEM_VALUES) each, so nothing is sized by it.
+    #[error(
+        "{origin}: IDX header claims dimensions {dims:?}: {values} values per item, expected 1 \
+         to {limit}; corrupt header?"
+    )]
+    ItemSize {
+        /// The file.
+        origin: String,
+        /// The dimensions the header claims.
+        dims: Vec<u32>,
+        /// Values per item: the product of all dimensions but the first (saturating).
+        values: u64,
+        /// The most accepted.
+        limit: u64,
+    },
+    /// A text file holds more bytes (after decompression) than the loader accepts: not the
+    /// expected data, or a gzip bomb.
+    #[error(
+        "{origin}: more than {limit} bytes of text (after decompression), more than this loader \
+         accepts; not the expected data?"
+    )]
+    TextTooLong {
+        /// The file.
+        origin: String,
+        /// The most bytes accepted.
+        limit: u64,
+    },
+    /// The path is a directory, a FIFO, a device or a socket, which a loader does not read.
+    #[error("{origin} is not a regular file (it is a directory, FIFO, device or socket); refusing to read it")]
+    NotAFile {
+        /// The path.
+        origin: String,
+    },
     /// The image and label files hold different numbers of items.
     #[error("{images} holds {n_images} images but {labels} holds {n_labels} labels")]
     CountMismatch {
@@ -168,7 +203,7 @@ pub enum DataError {
     /// The validation fraction is not a finite number in `[0, 1)`.
     #[error("validation fraction must be a finite number in [0, 1), got {0}")]
     BadFraction(f64),
-    /// A [`Dataset`](super::Dataset) was built from parts that do not fit together.
+    /// A [`Dataset`](crate::Dataset) was built from parts that do not fit together.
     #[error("inconsistent data set: {0}")]
     Shape(String),
 }

@@ -5,7 +5,7 @@
 //! ```
 //!
 //! 1. trains a small 64-32-10 network on the embedded UCI digits and saves it (weights, widths
-//!    and Adam state) to `target/reuse_model/small.json`;
+//!    and Adam state) to `target/reuse_model/small.ckpt`;
 //! 2. a fresh process loads it, widens the hidden layer to 256 units (exact: `ZerosOut`),
 //!    and trains on with the saved optimizer state;
 //! 3. compares with the small model trained on for the same steps, and with a 64-256-10 model
@@ -102,9 +102,9 @@ fn run() -> Result<(), String> {
     let mut small = Mlp::<f32, Cpu>::new(&[64, SMALL, 10], Activation::Relu, &dev, &mut rng);
     let mut opt = adam()?;
     let first = train_for(&mut small, &mut opt, &split, FIRST, SEED)?;
-    let path = out.join("small.json");
+    let path = out.join("small.ckpt");
     Checkpoint::of(&small)
-        .with_optimizer::<f32, Cpu>(&opt)
+        .with_optimizer(opt.save_state())
         .save(&path)
         .map_err(|e| e.to_string())?;
 

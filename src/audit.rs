@@ -325,7 +325,6 @@ impl AuditLog {
         self.append(&AuditRecord::Growth(event))
     }
 
-
     /// Read every record of a log. The first line that does not parse is an error naming its
     /// number; blank lines are skipped. A log whose writer was killed may end with a torn line
     /// until it is next [`open`](Self::open)ed; [`read_lenient`](Self::read_lenient) reads

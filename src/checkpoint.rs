@@ -113,7 +113,11 @@ impl Checkpoint {
             });
         });
         Self {
-            sites: model.sites().into_iter().map(|s| (s.name, s.width)).collect(),
+            sites: model
+                .sites()
+                .into_iter()
+                .map(|s| (s.name, s.width))
+                .collect(),
             blocks: model.blocks(),
             model: model.describe(),
             tensors,
@@ -122,9 +126,9 @@ impl Checkpoint {
         }
     }
 
-    /// Adds the optimizer's state.
-    pub fn with_optimizer<E: Real, D: Device<E>>(mut self, opt: &dyn Optimizer<E, D>) -> Self {
-        self.optimizer = Some(opt.save_state());
+    /// Adds the optimizer's state (take it with `opt.save_state()`).
+    pub fn with_optimizer(mut self, state: SavedState) -> Self {
+        self.optimizer = Some(state);
         self
     }
 
@@ -173,8 +177,8 @@ impl Checkpoint {
             .iter()
             .position(|&b| b == b'\n')
             .ok_or("no header line")?;
-        let header: Header = serde_json::from_slice(&bytes[..nl])
-            .map_err(|e| format!("header: {e}"))?;
+        let header: Header =
+            serde_json::from_slice(&bytes[..nl]).map_err(|e| format!("header: {e}"))?;
         if header.format != MAGIC {
             return Err(format!("header names format {:?}", header.format));
         }
@@ -317,7 +321,9 @@ impl Checkpoint {
                 "the model has {} tensors, the checkpoint {}{}",
                 dims.len(),
                 self.tensors.len(),
-                extra.map_or(String::new(), |n| format!(" (the model's {n:?} is not saved)"))
+                extra.map_or(String::new(), |n| format!(
+                    " (the model's {n:?} is not saved)"
+                ))
             )));
         }
         for ((name, d), t) in dims.iter().zip(&self.tensors) {
@@ -346,10 +352,9 @@ impl Checkpoint {
         opt: &mut dyn Optimizer<E, D>,
         model: &dyn Params<E, D>,
     ) -> Result<(), CheckpointError> {
-        let saved = self
-            .optimizer
-            .as_ref()
-            .ok_or_else(|| CheckpointError::Mismatch("the checkpoint has no optimizer state".into()))?;
+        let saved = self.optimizer.as_ref().ok_or_else(|| {
+            CheckpointError::Mismatch("the checkpoint has no optimizer state".into())
+        })?;
         opt.load_state(saved, model)
             .map_err(|e| CheckpointError::Mismatch(e.to_string()))
     }

@@ -67,7 +67,14 @@ mod tests {
 
     #[test]
     fn non_finite_values_round_trip_bit_for_bit() {
-        let v = [1.5, -0.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, f64::MIN_POSITIVE];
+        let v = [
+            1.5,
+            -0.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MIN_POSITIVE,
+        ];
         let back = decode(&encode(&v)).unwrap();
         assert_eq!(
             v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),

@@ -205,8 +205,8 @@ impl GrowthController {
         Ok(self)
     }
 
-    /// The most memory one growth may allocate for its new parameters and their optimizer
-    /// state, estimated before anything is allocated. Default
+    /// The most memory one growth may allocate, estimated before anything is allocated: the
+    /// grown site's tensors, which growth allocates whole, and their optimizer state. Default
     /// [`DEFAULT_MAX_GROWTH_BYTES`].
     pub fn with_max_growth_bytes(mut self, bytes: u128) -> Self {
         self.max_growth_bytes = bytes;
@@ -511,8 +511,18 @@ impl GrowthController {
             Growth::Depth { after, hidden } => {
                 // A block's size is the model's business: bound it by the widest site's
                 // per-unit count, which a block's hidden units cannot much exceed.
-                let per_unit = model.sites().iter().map(|s| s.params_per_unit).max().unwrap_or(0);
-                self.check_bytes::<E>(after, *hidden, &per_unit.saturating_mul(*hidden), opt.state_buffers())?;
+                let per_unit = model
+                    .sites()
+                    .iter()
+                    .map(|s| s.params_per_unit)
+                    .max()
+                    .unwrap_or(0);
+                self.check_bytes::<E>(
+                    after,
+                    *hidden,
+                    &per_unit.saturating_mul(*hidden),
+                    opt.state_buffers(),
+                )?;
                 let block = model.deepen(after, *hidden, rng)?;
                 (block, 0, *hidden, Init::ZerosOut, Some(after.clone()))
             }
@@ -568,8 +578,11 @@ impl GrowthController {
         let Some(check) = self.health.clone() else {
             return Ok(());
         };
-        let (due, later): (Vec<HealthDue>, Vec<HealthDue>) =
-            self.health_due.iter().cloned().partition(|h| h.at_step <= m.step);
+        let (due, later): (Vec<HealthDue>, Vec<HealthDue>) = self
+            .health_due
+            .iter()
+            .cloned()
+            .partition(|h| h.at_step <= m.step);
         if due.is_empty() {
             return Ok(());
         }
@@ -648,4 +661,3 @@ impl Drop for GrowthController {
         let _ = self.flush();
     }
 }
-

@@ -174,9 +174,8 @@ pub fn site_health<E: Real, D: Device<E>, M: Growable<E, D>>(
             *sum += n * n;
         }
     }
-    let mean = |v: &[f64], r: &Range<usize>| {
-        v[r.clone()].iter().sum::<f64>() / r.len().max(1) as f64
-    };
+    let mean =
+        |v: &[f64], r: &Range<usize>| v[r.clone()].iter().sum::<f64>() / r.len().max(1) as f64;
     let fan_out: Vec<f64> = fan_out.iter().map(|x| x.sqrt()).collect();
     cohorts
         .iter()

@@ -3,8 +3,8 @@
 use dfdx::prelude::*;
 use rand::Rng;
 
-use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
 use crate::expandable::fan_in_bound;
+use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
 use crate::{Expandable, GrowError, Real};
 
 /// `y = x W^T + b`, with `W` of shape (out, in) and `b` of out entries, sizes known only at run
@@ -126,9 +126,7 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
         let inp = self.in_width().max(1);
         w.chunks(inp)
             .zip(&b)
-            .map(|(row, &b)| {
-                crate::params::l2_norm(row).hypot(b.to_f64().unwrap_or(f64::NAN))
-            })
+            .map(|(row, &b)| crate::params::l2_norm(row).hypot(b.to_f64().unwrap_or(f64::NAN)))
             .collect()
     }
 
@@ -192,8 +190,7 @@ impl<E: Real, D: Device<E>> Linear<E, D> {
     ) -> Result<(), GrowError> {
         let (out, inp) = *self.weight.shape();
         let per_unit = out.saturating_mul(group);
-        if per_unit == 0 || !fan_out.len().is_multiple_of(per_unit) || !inp.is_multiple_of(group)
-        {
+        if per_unit == 0 || !fan_out.len().is_multiple_of(per_unit) || !inp.is_multiple_of(group) {
             return Err(GrowError::ShapeMismatch {
                 what: format!("Linear::grow_inputs fan-out (units of {group} column(s))"),
                 expected: per_unit,

@@ -62,7 +62,9 @@ impl Decay {
         let p = p.clamp(0.0, 1.0);
         match *self {
             Decay::Constant => 1.0,
-            Decay::Cosine { floor } => floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+            Decay::Cosine { floor } => {
+                floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+            }
             Decay::Linear { floor } => 1.0 - (1.0 - floor) * p,
         }
     }
@@ -109,15 +111,16 @@ fn constant() -> Decay {
 impl LrScheduleSpec {
     /// Parses and checks RON text; `origin` names it in errors.
     pub fn from_ron(s: &str, origin: &str) -> Result<Self, PolicyError> {
-        let spec: LrScheduleSpec = crate::policy::ron_options().from_str(s).map_err(|e| {
-            PolicyError::Syntax {
-                origin: origin.to_string(),
-                line: e.span.start.line,
-                col: e.span.start.col,
-                message: e.code.to_string(),
-                near: String::new(),
-            }
-        })?;
+        let spec: LrScheduleSpec =
+            crate::policy::ron_options()
+                .from_str(s)
+                .map_err(|e| PolicyError::Syntax {
+                    origin: origin.to_string(),
+                    line: e.span.start.line,
+                    col: e.span.start.col,
+                    message: e.code.to_string(),
+                    near: String::new(),
+                })?;
         spec.validate(origin)?;
         Ok(spec)
     }

@@ -4,11 +4,11 @@ use dfdx::prelude::{Device, Dtype, HasShape, Module, Tape, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params};
 use crate::health::Activity;
+use crate::params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params};
 use crate::site::{check_growth, grow_site, grow_site_probed, DEFAULT_MAX_WIDTH};
 use crate::{
-    Activation, Expandable, ExpansionReport, GrowError, Growable, Init, Linear, LossProbe, Loss,
+    Activation, Expandable, ExpansionReport, GrowError, Growable, Init, Linear, Loss, LossProbe,
     Real, Site, SiteMut,
 };
 
@@ -173,7 +173,10 @@ impl<E: Real, D: Device<E>> Mlp<E, D> {
         self.check_input(x)?;
         let mut h = x.clone();
         for layer in &self.layers[..hidden] {
-            h = self.act.try_apply(layer.forward(h)).map_err(GrowError::device)?;
+            h = self
+                .act
+                .try_apply(layer.forward(h))
+                .map_err(GrowError::device)?;
         }
         Ok(self.layers[hidden].forward(h).as_vec())
     }
@@ -219,7 +222,10 @@ impl<E: Real, D: Device<E>> Mlp<E, D> {
     pub fn check_probe(&self, probe: &Probe<E, D>) -> Result<(), GrowError> {
         self.check_input(&probe.input)?;
         if let Some((target, _)) = &probe.target {
-            let expected = (probe.input.shape().0, self.layers[self.layers.len() - 1].out_width());
+            let expected = (
+                probe.input.shape().0,
+                self.layers[self.layers.len() - 1].out_width(),
+            );
             if *target.shape() != expected {
                 return Err(GrowError::BadInput {
                     expected: expected.1,
@@ -283,7 +289,9 @@ impl MlpSpec {
             .widths
             .windows(2)
             .map(|w| {
-                let n = w[0].checked_mul(w[1]).ok_or_else(|| invalid("a layer's size overflows"))?;
+                let n = w[0]
+                    .checked_mul(w[1])
+                    .ok_or_else(|| invalid("a layer's size overflows"))?;
                 let weight = dev
                     .try_tensor_from_vec(vec![E::zero(); n], (w[1], w[0]))
                     .map_err(GrowError::device)?;
@@ -362,7 +370,8 @@ impl<E: Real, D: Device<E>> LossProbe<Mlp<E, D>> for Probe<E, D> {
         let i: usize = site.strip_prefix("hidden.")?.parse().ok()?;
         let pre = model.pre_activations(i, &self.input).ok()?;
         let act = model.activation();
-        Activity::from_pre_activations(&pre, model.layers()[i].out_width(), |z| act.is_active(z)).ok()
+        Activity::from_pre_activations(&pre, model.layers()[i].out_width(), |z| act.is_active(z))
+            .ok()
     }
 }
 

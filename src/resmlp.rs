@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::health::Activity;
 use crate::params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params};
 use crate::site::DEFAULT_MAX_WIDTH;
-use crate::{Activation, Expandable, GrowError, Growable, Linear, LossProbe, Probe, Real, Site};
 use crate::SiteMut;
+use crate::{Activation, Expandable, GrowError, Growable, Linear, LossProbe, Probe, Real, Site};
 
 /// One residual block, `x + fc2(act(fc1(x)))`, named `blocks.{id}`.
 #[derive(Clone, Debug)]
@@ -90,10 +90,12 @@ impl ResMlpSpec {
     /// The network this describes, its weights zero.
     pub fn build<E: Real, D: Device<E>>(&self, dev: &D) -> Result<ResMlp<E, D>, GrowError> {
         let zeros = |inp: usize, out: usize| -> Result<Linear<E, D>, GrowError> {
-            let n = inp.checked_mul(out).ok_or_else(|| GrowError::InvalidSizes {
-                sizes: vec![inp, out],
-                reason: "a layer's size overflows".into(),
-            })?;
+            let n = inp
+                .checked_mul(out)
+                .ok_or_else(|| GrowError::InvalidSizes {
+                    sizes: vec![inp, out],
+                    reason: "a layer's size overflows".into(),
+                })?;
             Linear::from_parts(
                 dev.try_tensor_from_vec(vec![E::zero(); n], (out, inp))
                     .map_err(GrowError::device)?,
@@ -101,14 +103,22 @@ impl ResMlpSpec {
                     .map_err(GrowError::device)?,
             )
         };
-        check_sizes(self.input, self.width, self.output, self.blocks.iter().map(|b| b.1))?;
+        check_sizes(
+            self.input,
+            self.width,
+            self.output,
+            self.blocks.iter().map(|b| b.1),
+        )?;
         let mut ids = std::collections::BTreeSet::new();
         let mut blocks = Vec::new();
         for &(id, hidden) in &self.blocks {
             if !ids.insert(id) || id >= self.next_id {
                 return Err(GrowError::InvalidSizes {
                     sizes: vec![],
-                    reason: format!("block id {id} repeats or is not below next_id {}", self.next_id),
+                    reason: format!(
+                        "block id {id} repeats or is not below next_id {}",
+                        self.next_id
+                    ),
                 });
             }
             blocks.push(Block {
@@ -228,7 +238,9 @@ impl<E: Real, D: Device<E>> ResMlp<E, D> {
             if b.name() == block {
                 return Ok(z.as_vec());
             }
-            h = h + b.fc2.forward(self.act.try_apply(z).map_err(GrowError::device)?);
+            h = h + b
+                .fc2
+                .forward(self.act.try_apply(z).map_err(GrowError::device)?);
         }
         Err(GrowError::NoSuchSite {
             name: block.to_string(),
@@ -315,7 +327,9 @@ impl<E: Real, D: Device<E>> Growable<E, D> for ResMlp<E, D> {
         let dev = self.input.weight.device().clone();
         let width = self.width();
         let fc1 = Linear::new(width, hidden, &dev, &mut { rng })?;
-        let n = hidden.checked_mul(width).ok_or_else(|| depth_err("too large".into()))?;
+        let n = hidden
+            .checked_mul(width)
+            .ok_or_else(|| depth_err("too large".into()))?;
         let fc2 = Linear::from_parts(
             dev.try_tensor_from_vec(vec![E::zero(); n], (width, hidden))
                 .map_err(GrowError::device)?,

@@ -27,7 +27,9 @@ where
     fn new(inp: usize, out: usize, rng: &mut StdRng) -> Self {
         let dev = Cpu::default();
         let b = 1.0 / (inp as f64).sqrt();
-        let w = (0..inp * out).map(|_| E::from_f64(rng.gen_range(-b..b)).unwrap()).collect();
+        let w = (0..inp * out)
+            .map(|_| E::from_f64(rng.gen_range(-b..b)).unwrap())
+            .collect();
         Scaled {
             weight: dev.tensor_from_vec(w, (out, inp)),
             gain: dev.tensor_from_vec(vec![E::one(); out], (out,)),
@@ -47,7 +49,12 @@ where
     }
     fn output_unit(&self, u: usize) -> Option<(Vec<E>, E)> {
         let inp = self.in_width();
-        (u < self.out_width()).then(|| (self.weight.as_vec()[u * inp..(u + 1) * inp].to_vec(), E::zero()))
+        (u < self.out_width()).then(|| {
+            (
+                self.weight.as_vec()[u * inp..(u + 1) * inp].to_vec(),
+                E::zero(),
+            )
+        })
     }
     fn input_column(&self, u: usize) -> Option<Vec<E>> {
         let (inp, w) = (self.in_width(), self.weight.as_vec());
@@ -56,7 +63,11 @@ where
     fn grow_outputs(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
         let (out, inp, k) = (self.out_width(), self.in_width(), bias.len());
         if fan_in.len() != k * inp {
-            return Err(GrowError::ShapeMismatch { what: "Scaled fan-in".into(), expected: k * inp, found: fan_in.len() });
+            return Err(GrowError::ShapeMismatch {
+                what: "Scaled fan-in".into(),
+                expected: k * inp,
+                found: fan_in.len(),
+            });
         }
         let mut w = self.weight.as_vec();
         w.extend_from_slice(fan_in);
@@ -69,8 +80,12 @@ where
     }
     fn grow_inputs(&mut self, fan_out: &[E], rescale: &[(usize, E)]) -> Result<(), GrowError> {
         let (out, inp) = (self.out_width(), self.in_width());
-        if out == 0 || fan_out.len() % out != 0 {
-            return Err(GrowError::ShapeMismatch { what: "Scaled fan-out".into(), expected: out, found: fan_out.len() });
+        if out == 0 || !fan_out.len().is_multiple_of(out) {
+            return Err(GrowError::ShapeMismatch {
+                what: "Scaled fan-out".into(),
+                expected: out,
+                found: fan_out.len(),
+            });
         }
         let k = fan_out.len() / out;
         let mut old = self.weight.as_vec();
@@ -109,13 +124,21 @@ where
 {
     type Output = Tensor<(usize, usize), E, Cpu, T>;
     type Error = <Cpu as HasErr>::Err;
-    fn try_forward(&self, x: Tensor<(usize, usize), E, Cpu, T>) -> Result<Self::Output, Self::Error> {
+    fn try_forward(
+        &self,
+        x: Tensor<(usize, usize), E, Cpu, T>,
+    ) -> Result<Self::Output, Self::Error> {
         let (batch, out) = (x.shape().0, self.out_width());
         let y = x.matmul(self.weight.retaped::<T>().permute::<_, Axes2<1, 0>>());
-        let g = self.gain.retaped::<T>().broadcast_like::<_, Axis<0>>(&(batch, out));
+        let g = self
+            .gain
+            .retaped::<T>()
+            .broadcast_like::<_, Axis<0>>(&(batch, out));
         Ok(y * g)
     }
 }
+
+type Batch<E, T> = Tensor<(usize, usize), E, Cpu, T>;
 
 /// A trunk of the user's own layer type, read by two heads.
 #[derive(Clone, Debug)]
@@ -142,7 +165,7 @@ where
     }
 
     /// Both heads' outputs side by side.
-    fn forward<T: Tape<E, Cpu>>(&self, x: Tensor<(usize, usize), E, Cpu, T>) -> (Tensor<(usize, usize), E, Cpu, T>, Tensor<(usize, usize), E, Cpu, T>) {
+    fn forward<T: Tape<E, Cpu>>(&self, x: Batch<E, T>) -> (Batch<E, T>, Batch<E, T>) {
         let h = self.trunk.forward(x).relu();
         let c = self.classes.forward(h.with_empty_tape());
         (c, self.score.forward(h))
@@ -170,9 +193,11 @@ where
     Cpu: Device<E>,
 {
     fn sites(&self) -> Vec<Site> {
-        vec![Site::new("trunk", &self.trunk, &[&self.classes, &self.score])
-            .with_params(["trunk.weight", "trunk.gain"])
-            .with_max_width(64)]
+        vec![
+            Site::new("trunk", &self.trunk, &[&self.classes, &self.score])
+                .with_params(["trunk.weight", "trunk.gain"])
+                .with_max_width(64),
+        ]
     }
     fn site_mut(&mut self, name: &str) -> Option<SiteMut<'_, E>> {
         (name == "trunk").then(|| SiteMut {
@@ -201,7 +226,11 @@ where
         s[r] = E::from_f64(row[4] * row[5]).unwrap();
     }
     let cast = |v: Vec<f64>| v.into_iter().map(|x| E::from_f64(x).unwrap()).collect();
-    (dev.tensor_from_vec(cast(x), (n, 6)), dev.tensor_from_vec(y, (n, 3)), dev.tensor_from_vec(s, (n, 1)))
+    (
+        dev.tensor_from_vec(cast(x), (n, 6)),
+        dev.tensor_from_vec(y, (n, 3)),
+        dev.tensor_from_vec(s, (n, 1)),
+    )
 }
 
 fn loss<E: Real>(m: &TwoHeads<E>, x: &Matrix<E, Cpu>, y: &Matrix<E, Cpu>, s: &Matrix<E, Cpu>) -> f64
@@ -230,7 +259,11 @@ where
         for (a, b) in [(c0, c1), (s0, s1)] {
             let (a, b) = (a.as_vec(), b.as_vec());
             let scale = a.iter().map(|v| f(*v).abs()).fold(1e-30, f64::max);
-            let d = a.iter().zip(&b).map(|(p, q)| (f(*p) - f(*q)).abs()).fold(0.0, f64::max);
+            let d = a
+                .iter()
+                .zip(&b)
+                .map(|(p, q)| (f(*p) - f(*q)).abs())
+                .fold(0.0, f64::max);
             assert!(d / scale <= tol, "case {case} {}: {d}", init.name());
         }
         assert_eq!(m.classes.weight.shape().1, m.trunk.out_width());
@@ -254,7 +287,14 @@ fn a_site_counts_every_consumers_fan_out() {
     // fan-in 6, no bias of its own but the site still counts one slot (the gain), 3 + 1 out.
     assert_eq!(m.sites()[0].params_per_unit, 6 + 1 + 3 + 1);
     let mut g = m.clone();
-    grow_site(&mut g, "trunk", 4, &Init::ZerosOut, &mut StdRng::seed_from_u64(1)).unwrap();
+    grow_site(
+        &mut g,
+        "trunk",
+        4,
+        &Init::ZerosOut,
+        &mut StdRng::seed_from_u64(1),
+    )
+    .unwrap();
     assert_eq!(g.num_params() - m.num_params(), 4 * (6 + 1 + 3 + 1));
 }
 
@@ -281,7 +321,11 @@ fn the_controller_grows_the_user_model_from_a_policy_file() {
     let mut rng = StdRng::seed_from_u64(5);
     let mut m = TwoHeads::<f32>::new(6, 8, 3, &mut rng);
     let (x, y, s) = data::<f32>(128, &mut rng);
-    let mut opt = Adam::<f32>::new(AdamConfig { lr: 1e-2, ..AdamConfig::default() }).unwrap();
+    let mut opt = Adam::<f32>::new(AdamConfig {
+        lr: 1e-2,
+        ..AdamConfig::default()
+    })
+    .unwrap();
     let file = policy_file(
         "plateau",
         "// grow the shared layer whenever the training loss stalls
@@ -292,7 +336,8 @@ fn the_controller_grows_the_user_model_from_a_policy_file() {
     );
     let log = std::env::temp_dir().join(format!("dfdx_grow_any_{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&log);
-    let mut ctl = GrowthController::new(load_policy(&file).unwrap(), 1).with_audit(AuditLog::open(&log).unwrap());
+    let mut ctl = GrowthController::new(load_policy(&file).unwrap(), 1)
+        .with_audit(AuditLog::open(&log).unwrap());
     let probe = |m: &TwoHeads<f32>| loss(m, &x, &y, &s);
     let first = probe(&m);
     for step in 1..=300 {
@@ -302,15 +347,27 @@ fn the_controller_grows_the_user_model_from_a_policy_file() {
         let train = l.as_vec()[0] as f64;
         let mut grads = l.backward();
         opt.update(&mut m, &mut grads).unwrap();
-        let metrics = Metrics::of(&m).step(step).train_loss(train).grads(&mut grads).build().unwrap();
-        if let Outcome::Grown(events) = ctl.observe(&metrics, &mut m, &mut opt, Some(&probe)).unwrap() {
+        let metrics = Metrics::of(&m)
+            .step(step)
+            .train_loss(train)
+            .grads(&mut grads)
+            .build()
+            .unwrap();
+        if let Outcome::Grown(events) = ctl
+            .observe(&metrics, &mut m, &mut opt, Some(&probe))
+            .unwrap()
+        {
             for e in events {
                 assert!(e.loss_after.unwrap() <= e.loss_before.unwrap() * (1.0 + 1e-6));
             }
         }
     }
     assert!(probe(&m) < first, "it trained: {} -> {}", first, probe(&m));
-    assert_eq!(m.trunk.out_width(), 32, "grew 8 -> 16 -> 32 and stopped at the cap");
+    assert_eq!(
+        m.trunk.out_width(),
+        32,
+        "grew 8 -> 16 -> 32 and stopped at the cap"
+    );
     let records = AuditLog::read(&log).unwrap();
     let grown: Vec<(usize, usize)> = records
         .iter()
@@ -339,21 +396,38 @@ fn a_policy_naming_a_missing_site_is_an_error_naming_the_file_and_nothing_grows(
     let mut ctl = GrowthController::new(load_policy(&file).unwrap(), 1);
     let before = Checkpoint::of(&m);
     let metrics = |m: &TwoHeads<f32>, step| Metrics::of(m).step(step).build().unwrap();
-    assert_eq!(ctl.observe(&metrics(&m, 1), &mut m, &mut opt, None).unwrap(), Outcome::Idle);
+    assert_eq!(
+        ctl.observe(&metrics(&m, 1), &mut m, &mut opt, None)
+            .unwrap(),
+        Outcome::Idle
+    );
     for step in [2, 3] {
-        let e = ctl.observe(&metrics(&m, step), &mut m, &mut opt, None).unwrap_err();
+        let e = ctl
+            .observe(&metrics(&m, step), &mut m, &mut opt, None)
+            .unwrap_err();
         let ControllerError::Policy(PolicyError::Model { origin, reason, .. }) = &e else {
             panic!("{e}")
         };
         assert_eq!(origin, &file.display().to_string());
-        assert!(reason.contains("\"trunc\"") && reason.contains("\"trunk\""), "{reason}");
+        assert!(
+            reason.contains("\"trunc\"") && reason.contains("\"trunk\""),
+            "{reason}"
+        );
     }
     assert_eq!(Checkpoint::of(&m), before);
     assert!(ctl.events().is_empty());
 
     // An index past the sites is caught at the first observation.
-    let file = policy_file("index", "Schedule(events: [(at: Step(50), target: Layer(1), size: Fixed(4))])");
+    let file = policy_file(
+        "index",
+        "Schedule(events: [(at: Step(50), target: Layer(1), size: Fixed(4))])",
+    );
     let mut ctl = GrowthController::new(load_policy(&file).unwrap(), 1);
-    let e = ctl.observe(&metrics(&m, 1), &mut m, &mut opt, None).unwrap_err();
-    assert!(e.to_string().contains("Layer(1)") && e.to_string().contains("trunk"), "{e}");
+    let e = ctl
+        .observe(&metrics(&m, 1), &mut m, &mut opt, None)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("Layer(1)") && e.to_string().contains("trunk"),
+        "{e}"
+    );
 }

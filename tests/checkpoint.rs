@@ -28,7 +28,7 @@ fn a_grown_model_and_its_adam_state_resume_exactly_after_save_and_load() {
 
     let path = temp("resume");
     Checkpoint::of(&mlp)
-        .with_optimizer::<f32, Cpu>(&opt)
+        .with_optimizer(opt.save_state())
         .save(&path)
         .unwrap();
     let ckpt = Checkpoint::load(&path).unwrap();

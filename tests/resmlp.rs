@@ -7,7 +7,12 @@ use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
 use dfdx_grow::rand::{rngs::StdRng, Rng, SeedableRng};
 use dfdx_grow::{grow_site, Activation, GrowError, Growable, Init, Params, Real, ResMlp};
 
-fn input<E: Real>(dev: &Cpu, batch: usize, width: usize, rng: &mut StdRng) -> Tensor<(usize, usize), E, Cpu>
+fn input<E: Real>(
+    dev: &Cpu,
+    batch: usize,
+    width: usize,
+    rng: &mut StdRng,
+) -> Tensor<(usize, usize), E, Cpu>
 where
     Cpu: Device<E>,
 {
@@ -21,14 +26,24 @@ fn random_net<E: Real>(dev: &Cpu, rng: &mut StdRng) -> ResMlp<E, Cpu>
 where
     Cpu: Device<E>,
 {
-    let blocks: Vec<usize> = (0..rng.gen_range(1..4)).map(|_| rng.gen_range(1..40)).collect();
+    let blocks: Vec<usize> = (0..rng.gen_range(1..4))
+        .map(|_| rng.gen_range(1..40))
+        .collect();
     let act = Activation::ALL[rng.gen_range(0..Activation::ALL.len())];
-    let (i, w, o) = (rng.gen_range(1..20), rng.gen_range(1..24), rng.gen_range(1..6));
+    let (i, w, o) = (
+        rng.gen_range(1..20),
+        rng.gen_range(1..24),
+        rng.gen_range(1..6),
+    );
     ResMlp::new(i, w, &blocks, o, act, dev, rng).unwrap()
 }
 
 /// The largest output change after `grow`, relative to the output's scale.
-fn change<E: Real>(net: &mut ResMlp<E, Cpu>, x: &Tensor<(usize, usize), E, Cpu>, grow: impl FnOnce(&mut ResMlp<E, Cpu>)) -> f64
+fn change<E: Real>(
+    net: &mut ResMlp<E, Cpu>,
+    x: &Tensor<(usize, usize), E, Cpu>,
+    grow: impl FnOnce(&mut ResMlp<E, Cpu>),
+) -> f64
 where
     Cpu: Device<E>,
 {
@@ -62,7 +77,11 @@ where
             let d = change(&mut grown, &x, |n| {
                 grow_site(n, &site, k, &init, &mut rng).unwrap();
             });
-            assert!(d <= tol, "case {case}: {} on {site} changed the output by {d}", init.name());
+            assert!(
+                d <= tol,
+                "case {case}: {} on {site} changed the output by {d}",
+                init.name()
+            );
         }
         let blocks = net.blocks();
         let after = blocks[rng.gen_range(0..blocks.len())].clone();
@@ -70,7 +89,10 @@ where
         let d = change(&mut net, &x, |n| {
             n.deepen(&after, hidden, &mut rng).unwrap();
         });
-        assert!(d <= tol, "case {case}: a block after {after} changed the output by {d}");
+        assert!(
+            d <= tol,
+            "case {case}: a block after {after} changed the output by {d}"
+        );
     }
 }
 
@@ -88,10 +110,18 @@ fn width_and_depth_growth_preserve_the_function_in_f32() {
 fn a_noisy_init_does_change_the_function() {
     // The check above can fail: a non-exact init moves the output.
     let (dev, mut rng) = (Cpu::default(), StdRng::seed_from_u64(3));
-    let mut net = ResMlp::<f64, Cpu>::new(6, 8, &[10], 3, Activation::Tanh, &dev, &mut rng).unwrap();
+    let mut net =
+        ResMlp::<f64, Cpu>::new(6, 8, &[10], 3, Activation::Tanh, &dev, &mut rng).unwrap();
     let x = input::<f64>(&dev, 8, 6, &mut rng);
     let d = change(&mut net, &x, |n| {
-        grow_site(n, "blocks.0.hidden", 4, &Init::CopyHalveNoise { std: 0.1 }, &mut rng).unwrap();
+        grow_site(
+            n,
+            "blocks.0.hidden",
+            4,
+            &Init::CopyHalveNoise { std: 0.1 },
+            &mut rng,
+        )
+        .unwrap();
     });
     assert!(d > 1e-6, "{d}");
 }
@@ -99,16 +129,23 @@ fn a_noisy_init_does_change_the_function() {
 #[test]
 fn blocks_keep_their_names_when_others_are_inserted() {
     let (dev, mut rng) = (Cpu::default(), StdRng::seed_from_u64(1));
-    let mut net = ResMlp::<f32, Cpu>::new(4, 8, &[16, 16], 2, Activation::Relu, &dev, &mut rng).unwrap();
+    let mut net =
+        ResMlp::<f32, Cpu>::new(4, 8, &[16, 16], 2, Activation::Relu, &dev, &mut rng).unwrap();
     assert_eq!(net.deepen("input", 4, &mut rng).unwrap(), "blocks.2");
     assert_eq!(net.deepen("blocks.2", 4, &mut rng).unwrap(), "blocks.3");
-    assert_eq!(net.blocks(), ["blocks.2", "blocks.3", "blocks.0", "blocks.1"]);
+    assert_eq!(
+        net.blocks(),
+        ["blocks.2", "blocks.3", "blocks.0", "blocks.1"]
+    );
     let names: Vec<String> = net.param_dims().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names[0], "input.weight");
     assert_eq!(names[2], "blocks.2.fc1.weight");
     assert_eq!(names.last().unwrap(), "head.bias");
     let e = net.deepen("blocks.9", 4, &mut rng).unwrap_err();
-    assert!(matches!(e, GrowError::Depth { .. }) && e.to_string().contains("blocks.0"), "{e}");
+    assert!(
+        matches!(e, GrowError::Depth { .. }) && e.to_string().contains("blocks.0"),
+        "{e}"
+    );
     assert!(net.deepen("blocks.0", 0, &mut rng).is_err());
     assert_eq!(net.blocks().len(), 4, "a refused insertion changes nothing");
 }
@@ -131,7 +168,12 @@ fn growth_is_atomic_on_a_refused_site() {
 }
 
 /// One Adam step of cross-entropy on (x, y); returns the gradients.
-fn step(net: &mut ResMlp<f64, Cpu>, opt: &mut Adam<f64>, x: &Tensor<(usize, usize), f64, Cpu>, y: &Tensor<(usize, usize), f64, Cpu>) -> Gradients<f64, Cpu> {
+fn step(
+    net: &mut ResMlp<f64, Cpu>,
+    opt: &mut Adam<f64>,
+    x: &Tensor<(usize, usize), f64, Cpu>,
+    y: &Tensor<(usize, usize), f64, Cpu>,
+) -> Gradients<f64, Cpu> {
     let grads = net.try_alloc_grads().unwrap();
     let loss = cross_entropy_with_logits_loss(net.forward(x.clone().traced(grads)), y.clone());
     let mut grads = loss.backward();
@@ -142,11 +184,16 @@ fn step(net: &mut ResMlp<f64, Cpu>, opt: &mut Adam<f64>, x: &Tensor<(usize, usiz
 #[test]
 fn a_new_block_learns_its_output_first_then_its_input() {
     let (dev, mut rng) = (Cpu::default(), StdRng::seed_from_u64(5));
-    let mut net = ResMlp::<f64, Cpu>::new(6, 8, &[12], 3, Activation::Relu, &dev, &mut rng).unwrap();
+    let mut net =
+        ResMlp::<f64, Cpu>::new(6, 8, &[12], 3, Activation::Relu, &dev, &mut rng).unwrap();
     let mut opt = Adam::<f64>::new(AdamConfig::default()).unwrap();
     let x = input::<f64>(&dev, 32, 6, &mut rng);
-    let y: Tensor<(usize, usize), f64, Cpu> =
-        dev.tensor_from_vec((0..96).map(|i| f64::from(u8::from(i % 3 == (i / 3) % 3))).collect(), (32, 3));
+    let y: Tensor<(usize, usize), f64, Cpu> = dev.tensor_from_vec(
+        (0..96)
+            .map(|i| f64::from(u8::from(i % 3 == (i / 3) % 3)))
+            .collect(),
+        (32, 3),
+    );
     for _ in 0..5 {
         step(&mut net, &mut opt, &x, &y);
     }
@@ -167,12 +214,23 @@ fn a_new_block_learns_its_output_first_then_its_input() {
     let mut grads = step(&mut net, &mut opt, &x, &y);
     let norms = net.grad_norms(&mut grads).unwrap();
     let norm = |n: &str| norms.iter().find(|(m, _)| m == n).unwrap().1;
-    assert!(norm(&fc2) > 0.0, "the zero projection gets a gradient at once");
-    assert_eq!(norm(&fc1), 0.0, "the input side waits for the projection to move");
+    assert!(
+        norm(&fc2) > 0.0,
+        "the zero projection gets a gradient at once"
+    );
+    assert_eq!(
+        norm(&fc1),
+        0.0,
+        "the input side waits for the projection to move"
+    );
     assert!(values(&net, &fc2).iter().any(|&w| w != 0.0));
     assert_eq!(values(&net, &fc1), fc1_before);
     step(&mut net, &mut opt, &x, &y);
-    assert_ne!(values(&net, &fc1), fc1_before, "then the input side moves too");
+    assert_ne!(
+        values(&net, &fc1),
+        fc1_before,
+        "then the input side moves too"
+    );
     // The optimizer gave the new tensors fresh state of their own.
     let st = opt.state().tensors.iter().find(|t| t.name == fc1).unwrap();
     assert_eq!(st.rows[0].born, 5);
@@ -199,7 +257,8 @@ fn a_deepened_model_restores_into_a_fresh_one_by_name() {
     assert_eq!(other.forward(x.clone()).as_vec(), net.forward(x).as_vec());
 
     // A model of another shape is refused, naming the tensor, and left as it was.
-    let mut wrong = ResMlp::<f32, Cpu>::new(5, 9, &[7, 7], 2, Activation::Gelu, &dev, &mut rng).unwrap();
+    let mut wrong =
+        ResMlp::<f32, Cpu>::new(5, 9, &[7, 7], 2, Activation::Gelu, &dev, &mut rng).unwrap();
     let before = Checkpoint::of(&wrong);
     let e = ckpt.restore(&mut wrong).unwrap_err().to_string();
     assert!(e.contains("input.weight"), "{e}");
@@ -210,14 +269,19 @@ fn a_deepened_model_restores_into_a_fresh_one_by_name() {
 fn the_controller_widens_and_deepens_a_resmlp_from_a_policy_file() {
     use dfdx_grow::audit::{AuditLog, AuditRecord};
     use dfdx_grow::policy::{policy_from_str, Metrics};
-    use dfdx_grow::{GrowthController, Outcome, Probe, Loss};
+    use dfdx_grow::{GrowthController, Loss, Outcome, Probe};
 
     let (dev, mut rng) = (Cpu::default(), StdRng::seed_from_u64(4));
-    let mut net = ResMlp::<f64, Cpu>::new(6, 8, &[8, 8], 3, Activation::Relu, &dev, &mut rng).unwrap();
+    let mut net =
+        ResMlp::<f64, Cpu>::new(6, 8, &[8, 8], 3, Activation::Relu, &dev, &mut rng).unwrap();
     let mut opt = Adam::<f64>::new(AdamConfig::default()).unwrap();
     let x = input::<f64>(&dev, 32, 6, &mut rng);
-    let y: Tensor<(usize, usize), f64, Cpu> =
-        dev.tensor_from_vec((0..96).map(|i| f64::from(u8::from(i % 3 == (i / 3) % 3))).collect(), (32, 3));
+    let y: Tensor<(usize, usize), f64, Cpu> = dev.tensor_from_vec(
+        (0..96)
+            .map(|i| f64::from(u8::from(i % 3 == (i / 3) % 3)))
+            .collect(),
+        (32, 3),
+    );
     let policy = policy_from_str(
         r#"Schedule(events: [
             (at: Step(3), target: Site("blocks.1.hidden"), size: Fixed(8)),
@@ -230,7 +294,10 @@ fn the_controller_widens_and_deepens_a_resmlp_from_a_policy_file() {
     let path = std::env::temp_dir().join(format!("dfdx_grow_resmlp_{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let mut ctl = GrowthController::new(policy, 7).with_audit(AuditLog::open(&path).unwrap());
-    let probe = Probe { input: x.clone(), target: Some((y.clone(), Loss::CrossEntropy)) };
+    let probe = Probe {
+        input: x.clone(),
+        target: Some((y.clone(), Loss::CrossEntropy)),
+    };
     for s in 1..=12 {
         step(&mut net, &mut opt, &x, &y);
         let m = Metrics::of(&net).step(s).train_loss(1.0).build().unwrap();
@@ -243,7 +310,11 @@ fn the_controller_widens_and_deepens_a_resmlp_from_a_policy_file() {
     let widths: Vec<(String, usize)> = net.sites().into_iter().map(|s| (s.name, s.width)).collect();
     assert_eq!(
         widths,
-        [("blocks.0.hidden".to_string(), 8), ("blocks.2.hidden".into(), 24), ("blocks.1.hidden".into(), 16)]
+        [
+            ("blocks.0.hidden".to_string(), 8),
+            ("blocks.2.hidden".into(), 24),
+            ("blocks.1.hidden".into(), 16)
+        ]
     );
     let records = AuditLog::read(&path).unwrap();
     let grown: Vec<(String, Option<String>)> = records

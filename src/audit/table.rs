@@ -28,7 +28,12 @@ pub fn summary_table(records: &[AuditRecord]) -> String {
             AuditRecord::Growth(g) => vec![
                 g.step.to_string(),
                 g.epoch.to_string(),
-                if g.after.is_some() { "deepen" } else { "growth" }.into(),
+                if g.after.is_some() {
+                    "deepen"
+                } else {
+                    "growth"
+                }
+                .into(),
                 match &g.after {
                     Some(after) => format!("{} after {after}", g.site),
                     None => g.site.clone(),
@@ -55,7 +60,12 @@ pub fn summary_table(records: &[AuditRecord]) -> String {
             AuditRecord::Refused(e) | AuditRecord::Undone(e) => vec![
                 e.step.to_string(),
                 e.epoch.to_string(),
-                if matches!(r, AuditRecord::Undone(_)) { "undone" } else { "refused" }.into(),
+                if matches!(r, AuditRecord::Undone(_)) {
+                    "undone"
+                } else {
+                    "refused"
+                }
+                .into(),
                 e.growths
                     .iter()
                     .map(|g| g.place().to_string())

@@ -85,7 +85,12 @@ impl Kernel for AdamConfig {
     fn check(&self) -> Result<(), GrowError> {
         check_hyper("lr", self.lr, self.lr >= 0.0, "must be finite and >= 0")?;
         for b in self.betas {
-            check_hyper("betas", b, (0.0..1.0).contains(&b), "each must be in [0, 1)")?;
+            check_hyper(
+                "betas",
+                b,
+                (0.0..1.0).contains(&b),
+                "each must be in [0, 1)",
+            )?;
         }
         check_hyper("eps", self.eps, self.eps > 0.0, "must be finite and > 0")?;
         check_weight_decay(self.weight_decay)

@@ -51,7 +51,13 @@ pub trait Kernel: Clone + std::fmt::Debug + Send + 'static {
 
     /// Updates one run of elements: `state` holds [`Kernel::buffers`] slices of the run's
     /// length (the rest are empty).
-    fn update<E: Real>(&self, k: &[E; 8], param: &mut [E], grad: &[E], state: [&mut [E]; MAX_BUFFERS]);
+    fn update<E: Real>(
+        &self,
+        k: &[E; 8],
+        param: &mut [E],
+        grad: &[E],
+        state: [&mut [E]; MAX_BUFFERS],
+    );
 }
 
 /// A learning-rate multiplier for the weights of a growth cohort during its first `steps`
@@ -101,7 +107,12 @@ impl<K: Kernel, E: Real> GrowingOptimizer<K, E> {
     /// Weights added by a growth train at `lr.scale` x the learning rate for their first
     /// `lr.steps` updates.
     pub fn with_new_unit_lr(mut self, lr: NewUnitLr) -> Result<Self, GrowError> {
-        check_hyper("new_unit_lr.scale", lr.scale, lr.scale > 0.0, "must be finite and > 0")?;
+        check_hyper(
+            "new_unit_lr.scale",
+            lr.scale,
+            lr.scale > 0.0,
+            "must be finite and > 0",
+        )?;
         self.new_unit_lr = Some(lr);
         Ok(self)
     }
@@ -116,6 +127,22 @@ impl<K: Kernel, E: Real> GrowingOptimizer<K, E> {
         &self.state
     }
 
+    /// The state to save (what [`Optimizer::save_state`] returns, callable without naming
+    /// the device).
+    pub fn save_state(&self) -> SavedState {
+        let f = |x: &E| x.to_f64().unwrap_or(f64::NAN);
+        SavedState {
+            kind: K::NAME.to_string(),
+            steps: self.steps,
+            lr: self.kernel.lr(),
+            tensors: self
+                .state
+                .tensors
+                .iter()
+                .map(|t| SavedTensor::from(t.map(f)))
+                .collect(),
+        }
+    }
 }
 
 /// The learning rate of elements born at `born`, at their `t`-th update.
@@ -198,21 +225,14 @@ impl<K: Kernel, E: Real, D: Device<E>> Optimizer<E, D> for GrowingOptimizer<K, E
     }
 
     fn save_state(&self) -> SavedState {
-        let f = |x: &E| x.to_f64().unwrap_or(f64::NAN);
-        SavedState {
-            kind: K::NAME.to_string(),
-            steps: self.steps,
-            lr: self.kernel.lr(),
-            tensors: self
-                .state
-                .tensors
-                .iter()
-                .map(|t| SavedTensor::from(t.map(f)))
-                .collect(),
-        }
+        GrowingOptimizer::save_state(self)
     }
 
-    fn load_state(&mut self, saved: &SavedState, model: &dyn Params<E, D>) -> Result<(), GrowError> {
+    fn load_state(
+        &mut self,
+        saved: &SavedState,
+        model: &dyn Params<E, D>,
+    ) -> Result<(), GrowError> {
         if saved.kind != K::NAME {
             return Err(GrowError::StateMismatch(format!(
                 "the saved state is {:?} optimizer state, this optimizer is {:?}",

@@ -9,14 +9,14 @@
 //! One adaptor, [`GrowingOptimizer`], owns the state, the pass over the parameters and the
 //! accessors; each optimizer is only its element [`Kernel`] ([`AdamConfig`], [`SgdConfig`]).
 
-mod adaptor;
 mod adam;
+mod adaptor;
 mod saved;
 mod sgd;
 mod state;
 
-pub use adaptor::{GrowingOptimizer, Kernel, NewUnitLr, StepContext, MAX_BUFFERS};
 pub use adam::{Adam, AdamConfig, NewUnitSteps};
+pub use adaptor::{GrowingOptimizer, Kernel, NewUnitLr, StepContext, MAX_BUFFERS};
 pub use saved::{SavedState, SavedTensor};
 pub use sgd::{Momentum, Sgd, SgdConfig};
 pub use state::{Cohort, ModelState, TensorState};
@@ -74,7 +74,8 @@ pub trait Optimizer<E: Real, D: Device<E>> {
 
     /// Restores a saved state, checked against `model` (every tensor by name and size, the
     /// kernel's name, buffer sizes, cohort ranges and births) before anything changes.
-    fn load_state(&mut self, saved: &SavedState, model: &dyn Params<E, D>) -> Result<(), GrowError>;
+    fn load_state(&mut self, saved: &SavedState, model: &dyn Params<E, D>)
+        -> Result<(), GrowError>;
 }
 
 pub(crate) fn check_hyper(

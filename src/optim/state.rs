@@ -126,7 +126,12 @@ impl<E: Copy + Default> TensorState<E> {
     /// Checks that the state is well-formed: buffer lengths, cohort order and range, births
     /// no later than `steps`.
     pub fn validate(&self, n_buffers: usize, steps: u64) -> Result<(), GrowError> {
-        let bad = |why: String| Err(GrowError::StateMismatch(format!("tensor {:?}: {why}", self.name)));
+        let bad = |why: String| {
+            Err(GrowError::StateMismatch(format!(
+                "tensor {:?}: {why}",
+                self.name
+            )))
+        };
         let Some(len) = self.dims.0.checked_mul(self.dims.1) else {
             return bad(format!("dims {:?} overflow", self.dims));
         };
@@ -137,9 +142,16 @@ impl<E: Copy + Default> TensorState<E> {
             ));
         }
         if let Some(b) = self.buffers.iter().find(|b| b.len() != len) {
-            return bad(format!("a buffer of {} values for dims {:?}", b.len(), self.dims));
+            return bad(format!(
+                "a buffer of {} values for dims {:?}",
+                b.len(),
+                self.dims
+            ));
         }
-        for (cohorts, n, what) in [(&self.rows, self.dims.0, "row"), (&self.cols, self.dims.1, "column")] {
+        for (cohorts, n, what) in [
+            (&self.rows, self.dims.0, "row"),
+            (&self.cols, self.dims.1, "column"),
+        ] {
             if cohorts.first().map(|c| c.start) != Some(0) {
                 return bad(format!("its {what} cohorts must start at 0"));
             }
@@ -152,7 +164,10 @@ impl<E: Copy + Default> TensorState<E> {
                 return bad(format!("a {what} cohort starts at {} of {n}", c.start));
             }
             if let Some(c) = cohorts.iter().find(|c| c.born > steps) {
-                return bad(format!("a {what} cohort born at step {} after {steps} steps", c.born));
+                return bad(format!(
+                    "a {what} cohort born at step {} after {steps} steps",
+                    c.born
+                ));
             }
         }
         Ok(())
@@ -163,7 +178,11 @@ impl<E: Copy + Default> TensorState<E> {
         TensorState {
             name: self.name.clone(),
             dims: self.dims,
-            buffers: self.buffers.iter().map(|b| b.iter().map(&f).collect()).collect(),
+            buffers: self
+                .buffers
+                .iter()
+                .map(|b| b.iter().map(&f).collect())
+                .collect(),
             rows: self.rows.clone(),
             cols: self.cols.clone(),
         }
@@ -190,7 +209,11 @@ impl<E: Copy + Default> ModelState<E> {
         step: u64,
     ) -> Result<(), GrowError> {
         let same_order = self.tensors.len() == dims.len()
-            && self.tensors.iter().zip(dims).all(|(t, (n, _))| t.name == *n);
+            && self
+                .tensors
+                .iter()
+                .zip(dims)
+                .all(|(t, (n, _))| t.name == *n);
         if same_order {
             for (s, (_, d)) in self.tensors.iter().zip(dims) {
                 s.check_resize(*d)?;
@@ -201,10 +224,11 @@ impl<E: Copy + Default> ModelState<E> {
             return Ok(());
         }
         self.plan_sync(dims)?;
-        let mut old: std::collections::BTreeMap<String, TensorState<E>> = std::mem::take(&mut self.tensors)
-            .into_iter()
-            .map(|t| (t.name.clone(), t))
-            .collect();
+        let mut old: std::collections::BTreeMap<String, TensorState<E>> =
+            std::mem::take(&mut self.tensors)
+                .into_iter()
+                .map(|t| (t.name.clone(), t))
+                .collect();
         self.tensors = dims
             .iter()
             .map(|(name, d)| match old.remove(name) {

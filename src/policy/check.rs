@@ -133,7 +133,9 @@ impl Checker {
             match (&r.layer, &r.site) {
                 (None, None) => return fail(&rp, "name the site: `layer: 0` or `site: \"name\"`"),
                 (Some(_), Some(_)) => return fail(&rp, "give `layer` or `site`, not both"),
-                (None, Some(name)) => self.target(&format!("{rp}.site"), &Target::Site(name.clone()))?,
+                (None, Some(name)) => {
+                    self.target(&format!("{rp}.site"), &Target::Site(name.clone()))?
+                }
                 (Some(_), None) => {}
             }
             match r.cross {

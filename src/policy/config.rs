@@ -94,9 +94,19 @@ fn unwrap_some_structs(s: &str) -> String {
                 i += 1;
             }
             '(' => {
-                let prev: String = c[..i].iter().rev().skip_while(|c| c.is_whitespace()).take(5).collect();
+                let prev: String = c[..i]
+                    .iter()
+                    .rev()
+                    .skip_while(|c| c.is_whitespace())
+                    .take(5)
+                    .collect();
                 let after_some = prev == "(emoS"
-                    && !c[..i].iter().rev().skip_while(|c| c.is_whitespace()).nth(5).is_some_and(|p| p.is_alphanumeric() || *p == '_');
+                    && !c[..i]
+                        .iter()
+                        .rev()
+                        .skip_while(|c| c.is_whitespace())
+                        .nth(5)
+                        .is_some_and(|p| p.is_alphanumeric() || *p == '_');
                 drop[i] = after_some;
                 stack.push(after_some);
             }

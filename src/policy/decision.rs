@@ -126,7 +126,12 @@ impl Target {
     /// as named: [`Target::check`] tells both apart from a model that has them.
     pub fn sites(&self, m: &Metrics) -> Vec<String> {
         match self {
-            Target::Layer(i) => m.sites.get(*i).map(|s| s.name.clone()).into_iter().collect(),
+            Target::Layer(i) => m
+                .sites
+                .get(*i)
+                .map(|s| s.name.clone())
+                .into_iter()
+                .collect(),
             Target::Site(name) => vec![name.clone()],
             Target::All => m.site_names(),
             Target::LargestGradNorm => {
@@ -142,7 +147,11 @@ impl Target {
                 best.map(|(n, _)| n.to_string()).into_iter().collect()
             }
             Target::SmallestWidth => {
-                let min = m.sites.iter().enumerate().min_by_key(|&(i, s)| (s.width, i));
+                let min = m
+                    .sites
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|&(i, s)| (s.width, i));
                 min.map(|(_, s)| s.name.clone()).into_iter().collect()
             }
         }
@@ -252,8 +261,14 @@ mod tests {
         let m = sites(&[4, 8], &[None, None]);
         let e = Target::Layer(2).check(&m).unwrap_err();
         assert!(e.contains("hidden.0") && e.contains("Layer(2)"), "{e}");
-        assert!(Target::Site("head".into()).check(&m).is_ok(), "checked when it fires");
-        assert!(Target::LargestGradNorm.check(&m).unwrap_err().contains("grads"));
+        assert!(
+            Target::Site("head".into()).check(&m).is_ok(),
+            "checked when it fires"
+        );
+        assert!(Target::LargestGradNorm
+            .check(&m)
+            .unwrap_err()
+            .contains("grads"));
         assert!(Target::Site("hidden.1".into()).check(&m).is_ok());
     }
 }

@@ -17,8 +17,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::decision::finite;
-use super::{from_state, Decision, Declined, Growth, GrowthPolicy, Metrics, PolicyError};
 use super::SiteMetrics;
+use super::{from_state, Decision, Declined, Growth, GrowthPolicy, Metrics, PolicyError};
 use crate::init::Init;
 
 /// The caps (also their RON form). `None` means no cap.
@@ -114,7 +114,11 @@ impl GrowthPolicy for Limits {
             return None;
         }
         // A FLOP count that is not a number cannot show it is under the cap.
-        if let Some(f) = self.spec.max_flops.filter(|&f| !(m.flops.is_finite() && m.flops < f)) {
+        if let Some(f) = self
+            .spec
+            .max_flops
+            .filter(|&f| !(m.flops.is_finite() && m.flops < f))
+        {
             let g = d.growths.clone();
             self.decline(m, &d, format!("max_flops {f:e} reached ({:e})", m.flops), g);
             return None;
@@ -122,7 +126,12 @@ impl GrowthPolicy for Limits {
         let (mut sites, mut params) = (m.sites.clone(), m.params);
         let (mut kept, mut dropped, mut notes) = (Vec::new(), Vec::new(), Vec::new());
         for g in &d.growths {
-            let Growth::Width { site: name, k, init } = g else {
+            let Growth::Width {
+                site: name,
+                k,
+                init,
+            } = g
+            else {
                 kept.push(g.clone());
                 continue;
             };

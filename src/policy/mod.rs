@@ -168,7 +168,9 @@ pub fn load_state_atomically(
 
 /// `target` checked against the model, as a [`PolicyError::Model`] at `path`.
 pub(crate) fn check_target(path: &str, target: &Target, m: &Metrics) -> Result<(), PolicyError> {
-    target.check(m).map_err(|reason| PolicyError::model(path, reason))
+    target
+        .check(m)
+        .map_err(|reason| PolicyError::model(path, reason))
 }
 
 /// Serialise a policy's state; states hold only finite numbers, strings and integers.

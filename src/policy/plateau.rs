@@ -36,8 +36,8 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::decision::{evidence, growths_for};
-use super::{check_target, from_state, slope_test, to_state, Decision, GrowthPolicy, Metrics};
 use super::PolicyError;
+use super::{check_target, from_state, slope_test, to_state, Decision, GrowthPolicy, Metrics};
 use super::{Size, Target};
 use crate::init::Init;
 

@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::decision::{evidence, growths_for};
-use super::{check_target, from_state, to_state, Decision, Growth, GrowthPolicy, Metrics};
 use super::PolicyError;
+use super::{check_target, from_state, to_state, Decision, Growth, GrowthPolicy, Metrics};
 use super::{Size, Target};
 use crate::init::Init;
 
@@ -122,11 +122,12 @@ impl GrowthPolicy for Schedule {
             };
             for g in new {
                 let same_site = growths.iter_mut().find_map(|h| match (h, &g) {
-                    (Growth::Width { site, k, .. }, Growth::Width { site: s2, k: k2, .. })
-                        if site == s2 =>
-                    {
-                        Some((k, *k2))
-                    }
+                    (
+                        Growth::Width { site, k, .. },
+                        Growth::Width {
+                            site: s2, k: k2, ..
+                        },
+                    ) if site == s2 => Some((k, *k2)),
                     _ => None,
                 });
                 match same_site {

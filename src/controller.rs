@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditError, AuditLog, AuditRecord, DeclinedEvent, GrowthEvent, RefusedEvent};
 use crate::health::{site_health, HealthRecord};
+use crate::lr::LrSchedule;
 use crate::optim::Optimizer;
 use crate::policy::{
     load_state_atomically, Decision, Declined, Growth, GrowthPolicy, Metrics, PolicyError,
@@ -118,6 +119,9 @@ pub struct ControllerState {
     /// Health checks not yet done.
     #[serde(default)]
     health_due: Vec<HealthDue>,
+    /// The learning-rate schedule's running state, when the controller runs one.
+    #[serde(default)]
+    lr_schedule: Option<LrSchedule>,
 }
 
 /// The default cap on the memory one growth may allocate (see
@@ -166,6 +170,7 @@ pub struct GrowthController {
     pending_declined: Option<PendingDeclined>,
     /// The site names the policy was last checked against.
     checked_sites: Option<Vec<String>>,
+    lr_schedule: Option<LrSchedule>,
 }
 
 impl GrowthController {
@@ -182,7 +187,21 @@ impl GrowthController {
             health_due: Vec::new(),
             pending_declined: None,
             checked_sites: None,
+            lr_schedule: None,
         }
+    }
+
+    /// Drives the optimizer's learning rate by `schedule`: at every observation the rate for
+    /// the next update is set from the step and FLOPs, and a growth tells the schedule (its
+    /// action is written with the growth).
+    pub fn with_lr_schedule(mut self, schedule: LrSchedule) -> Self {
+        self.lr_schedule = Some(schedule);
+        self
+    }
+
+    /// The learning-rate schedule, if the controller runs one.
+    pub fn lr_schedule(&self) -> Option<&LrSchedule> {
+        self.lr_schedule.as_ref()
     }
 
     /// Records every growth, refusal, undone growth and health check in `log`.
@@ -325,6 +344,9 @@ impl GrowthController {
         }
         match (&decision, &outcome) {
             (Some(d), Outcome::Grown(events)) => {
+                if let Some(s) = &mut self.lr_schedule {
+                    s.on_growth(m.step, m.flops);
+                }
                 // Checked in `apply` before anything was written; should a device error still
                 // stop it, the optimizer pads at its next update, which is just as correct.
                 let _ = opt.sync(model);
@@ -335,6 +357,10 @@ impl GrowthController {
                 self.policy.on_refused(d, &r.why);
             }
             _ => {}
+        }
+        if let Some(s) = &self.lr_schedule {
+            // The rate of the next update; a schedule's rates are finite and >= 0.
+            let _ = opt.set_lr(s.lr(m.step, m.flops));
         }
         self.check_health(m, model, probe)?;
         Ok(outcome)
@@ -460,6 +486,7 @@ impl GrowthController {
                     policy: d.policy.clone(),
                     reason: d.reason.clone(),
                     evidence: d.evidence.clone(),
+                    lr: self.lr_schedule.as_ref().map(LrSchedule::action),
                     ..e
                 }),
                 Err(e) => {
@@ -543,6 +570,7 @@ impl GrowthController {
             loss_before: None,
             loss_after: None,
             flops: m.flops,
+            lr: None,
         })
     }
 
@@ -638,6 +666,7 @@ impl GrowthController {
             seed: self.seed,
             pending_declined: self.pending_declined.clone(),
             health_due: self.health_due.clone(),
+            lr_schedule: self.lr_schedule.clone(),
         }
     }
 
@@ -645,11 +674,27 @@ impl GrowthController {
     /// policy's state, the event history, the random stream of inits, the declined growths
     /// not yet written and the health checks not yet done. On error nothing changes.
     pub fn restore(&mut self, state: &ControllerState) -> Result<(), ControllerError> {
+        if self.lr_schedule.is_some() != state.lr_schedule.is_some() {
+            return Err(ControllerError::State(format!(
+                "the saved state {} a learning-rate schedule, this controller {}",
+                if state.lr_schedule.is_some() {
+                    "has"
+                } else {
+                    "has no"
+                },
+                if self.lr_schedule.is_some() {
+                    "has one"
+                } else {
+                    "has none"
+                }
+            )));
+        }
         load_state_atomically(self.policy.as_mut(), &state.policy)?;
         self.events = state.events.clone();
         self.seed = state.seed;
         self.pending_declined = state.pending_declined.clone();
         self.health_due = state.health_due.clone();
+        self.lr_schedule = state.lr_schedule.clone();
         Ok(())
     }
 }

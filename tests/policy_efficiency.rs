@@ -42,7 +42,11 @@ fn obs(step: u64, slope: f64, noise: f64) -> Metrics {
 }
 
 /// The first step at which `p` fires on the curve, if any within `steps`.
-fn first_fire(p: &mut dyn GrowthPolicy, steps: u64, curve: impl Fn(u64) -> Metrics) -> Option<(u64, Decision)> {
+fn first_fire(
+    p: &mut dyn GrowthPolicy,
+    steps: u64,
+    curve: impl Fn(u64) -> Metrics,
+) -> Option<(u64, Decision)> {
     (1..=steps).find_map(|s| p.observe(&curve(s)).map(|d| (s, d)))
 }
 
@@ -53,7 +57,11 @@ fn a_loss_still_falling_fast_never_fires_and_a_flattening_one_fires_once_the_win
     let mut p = Efficiency::new(spec(-0.0475, None));
     let (step, d) = first_fire(&mut p, 200, |s| obs(s, -0.02, 1.0)).expect("fires");
     assert_eq!(step, 8, "the eighth point fills the window");
-    assert!((d.evidence["slope"] + 0.02).abs() < 1e-9, "{:?}", d.evidence);
+    assert!(
+        (d.evidence["slope"] + 0.02).abs() < 1e-9,
+        "{:?}",
+        d.evidence
+    );
     assert_eq!(d.evidence["threshold"], -0.0475);
     assert!(d.reason.contains("FLOPs^-0.0200"), "{}", d.reason);
 }
@@ -69,7 +77,10 @@ fn a_curve_that_bends_fires_where_its_slope_crosses_the_threshold() {
         } else {
             f(100, -0.1) * (s as f64 / 100.0).powf(-0.01)
         };
-        Metrics { train_loss: loss, ..obs(s, 0.0, 1.0) }
+        Metrics {
+            train_loss: loss,
+            ..obs(s, 0.0, 1.0)
+        }
     };
     let mut p = Efficiency::new(spec(-0.0475, None));
     let (step, _) = first_fire(&mut p, 300, bend).expect("fires after the bend");
@@ -176,12 +187,18 @@ fn the_stop_rule_passes_growth_that_pays_and_stops_for_good_when_it_does_not() {
     }
     let declined = p.take_declined();
     assert!(declined[0].why.contains("stop rule"), "{}", declined[0].why);
-    assert!(declined.iter().skip(1).all(|d| d.why.contains("fired earlier")));
+    assert!(declined
+        .iter()
+        .skip(1)
+        .all(|d| d.why.contains("fired earlier")));
     // Stopping survives a save and restore.
     let saved = p.save_state();
     let mut q = stop_limits(2e-3);
     q.load_state(&saved).unwrap();
-    let better = Metrics { train_loss: 0.0, ..linear(40) };
+    let better = Metrics {
+        train_loss: 0.0,
+        ..linear(40)
+    };
     assert!(q.observe(&better).is_none(), "stopped for good");
 }
 
@@ -194,16 +211,18 @@ fn the_stop_rule_and_the_trigger_read_from_ron() {
         "sizer.ron",
     )
     .unwrap();
-    assert_eq!(PolicySpec::from_ron(&spec.to_ron().unwrap(), "x").unwrap(), spec);
-    for (bad, field) in [
-        ("window: 2", "window"),
-        ("confidence: 1.0", "confidence"),
-    ] {
+    assert_eq!(
+        PolicySpec::from_ron(&spec.to_ron().unwrap(), "x").unwrap(),
+        spec
+    );
+    for (bad, field) in [("window: 2", "window"), ("confidence: 1.0", "confidence")] {
         let text = format!(
             "Efficiency(monitor: Val, {bad}, threshold: -0.05, target: Layer(0), size: Fixed(2){})",
             if field == "window" { "" } else { ", window: 5" }
         );
-        let e = PolicySpec::from_ron(&text, "bad.ron").unwrap_err().to_string();
+        let e = PolicySpec::from_ron(&text, "bad.ron")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(field) && e.contains("bad.ron"), "{e}");
     }
     let e = PolicySpec::from_ron(

@@ -158,10 +158,16 @@ impl Checker {
 
     fn efficiency(&mut self, p: &str, s: &EfficiencySpec) -> Check {
         if s.window < 3 {
-            return fail(&format!("{p}.window"), format!("must be >= 3, got {}", s.window));
+            return fail(
+                &format!("{p}.window"),
+                format!("must be >= 3, got {}", s.window),
+            );
         }
         if !s.threshold.is_finite() {
-            return fail(&format!("{p}.threshold"), format!("must be finite, got {}", s.threshold));
+            return fail(
+                &format!("{p}.threshold"),
+                format!("must be finite, got {}", s.threshold),
+            );
         }
         if let Some(c) = s.confidence {
             unit_interval(&format!("{p}.confidence"), c, false)?;
@@ -227,10 +233,16 @@ impl Checker {
                 let p = format!("{path}.Limits");
                 if let Some(s) = stop {
                     if !(s.min_gain.is_finite() && s.min_gain >= 0.0) {
-                        return fail(&format!("{p}.stop.min_gain"), format!("must be finite and >= 0, got {}", s.min_gain));
+                        return fail(
+                            &format!("{p}.stop.min_gain"),
+                            format!("must be finite and >= 0, got {}", s.min_gain),
+                        );
                     }
                     if !(s.per_flops.is_finite() && s.per_flops > 0.0) {
-                        return fail(&format!("{p}.stop.per_flops"), format!("must be finite and > 0, got {}", s.per_flops));
+                        return fail(
+                            &format!("{p}.stop.per_flops"),
+                            format!("must be finite and > 0, got {}", s.per_flops),
+                        );
                     }
                 }
                 if *max_width == Some(0) {

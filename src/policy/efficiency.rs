@@ -126,8 +126,9 @@ impl GrowthPolicy for Efficiency {
                 fit.slope,
                 spec.window,
                 spec.threshold,
-                spec.confidence
-                    .map_or(String::new(), |c| format!(" (p = {p:.3} at confidence {c})"))
+                spec.confidence.map_or(String::new(), |c| format!(
+                    " (p = {p:.3} at confidence {c})"
+                ))
             ),
             evidence: evidence([
                 ("step", m.step as f64),
@@ -164,7 +165,11 @@ impl GrowthPolicy for Efficiency {
         if st.points.len() > self.spec.window {
             return Err(PolicyError::State {
                 policy: self.name(),
-                reason: format!("{} points for a window of {}", st.points.len(), self.spec.window),
+                reason: format!(
+                    "{} points for a window of {}",
+                    st.points.len(),
+                    self.spec.window
+                ),
             });
         }
         self.state = st;

@@ -22,8 +22,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::decision::finite;
-use super::{Monitor, SiteMetrics};
 use super::{from_state, Decision, Declined, Growth, GrowthPolicy, Metrics, PolicyError};
+use super::{Monitor, SiteMetrics};
 use crate::init::Init;
 
 /// The caps (also their RON form). `None` means no cap.

@@ -165,7 +165,10 @@ mod tests {
         assert!((g.slope + 0.035).abs() < 1e-12);
         assert!(fit_line(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]).is_none());
         let exact = fit_line(&[0.0, 1.0, 2.0], &[0.0, -1.0, -2.0]).unwrap();
-        assert_eq!((exact.p_above(-2.0), exact.p_above(0.0), exact.p_above(-1.0)), (0.0, 1.0, 0.5));
+        assert_eq!(
+            (exact.p_above(-2.0), exact.p_above(0.0), exact.p_above(-1.0)),
+            (0.0, 1.0, 0.5)
+        );
     }
 
     #[test]

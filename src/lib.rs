@@ -15,6 +15,7 @@ pub mod audit;
 pub mod checkpoint;
 mod controller;
 pub mod data;
+mod data_matmul;
 mod error;
 mod expandable;
 pub mod flops;
@@ -29,6 +30,7 @@ mod report;
 
 pub use activation::Activation;
 pub use controller::{ControllerError, ControllerState, GrowthController};
+pub use data_matmul::Data;
 pub use error::GrowError;
 pub use expandable::{grow_between, Expandable};
 pub use init::{Init, NewUnits};

@@ -27,6 +27,7 @@ pub mod optim;
 mod params;
 pub mod policy;
 mod report;
+pub mod sampling;
 
 pub use activation::Activation;
 pub use controller::{ControllerError, ControllerState, GrowthController};

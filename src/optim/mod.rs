@@ -7,10 +7,12 @@
 //! `Adam` compute (the same operations in the same order).
 
 mod adam;
+mod inplace;
 mod sgd;
 mod state;
 
 pub use adam::{Adam, AdamConfig, NewUnitLr, NewUnitSteps};
+pub use inplace::{adam_in_place, sgd_in_place, InPlace};
 pub use sgd::{Momentum, Sgd, SgdConfig};
 pub use state::{Cohort, ModelState, TensorState};
 

@@ -13,9 +13,9 @@ use common::*;
 use dfdx_grow::dfdx::nn::builders::{Linear as DLinear, ReLU};
 use dfdx_grow::dfdx::optim::{Adam as DAdam, AdamConfig as DAdamConfig, Optimizer as DOptimizer};
 use dfdx_grow::dfdx::prelude::*;
-use dfdx_grow::optim::{Adam, AdamConfig, NewUnitSteps, Optimizer};
+use dfdx_grow::optim::{adam_in_place, Adam, AdamConfig, InPlace, NewUnitSteps, Optimizer};
 use dfdx_grow::rand::{rngs::StdRng, Rng, SeedableRng};
-use dfdx_grow::{Activation, Data, Init, Linear, Matrix, Mlp, Params};
+use dfdx_grow::{Activation, Data, GrowError, Init, Linear, Matrix, Mlp, ParamMut, Params};
 
 const B: usize = 128;
 type X = Tensor<Rank2<B, 784>, f32, Cpu>;
@@ -76,6 +76,63 @@ fn step_with(
     opt.update(mlp, &mut grads).unwrap();
     let t3 = Instant::now();
     [t1 - t0, t2 - t1, t3 - t2]
+}
+
+/// Adam through `optim::adam_in_place` on every tensor (one step count for all, no growth):
+/// what the crate's `Adam` update costs once the in-place route is wired in.
+#[derive(Default)]
+struct InPlaceAdam {
+    cfg: AdamConfig,
+    moments: Vec<(Vec<f32>, Vec<f32>)>,
+    steps: u64,
+    scratch: InPlace<f32>,
+}
+
+impl Optimizer<f32, Cpu> for InPlaceAdam {
+    fn sync(&mut self, model: &dyn Params<f32, Cpu>) -> Result<(), GrowError> {
+        if self.moments.is_empty() {
+            let z = |(r, c): (usize, usize)| (vec![0.0; r * c], vec![0.0; r * c]);
+            self.moments = model.param_dims().into_iter().map(z).collect();
+        }
+        Ok(())
+    }
+
+    fn update(
+        &mut self,
+        model: &mut dyn Params<f32, Cpu>,
+        grads: &mut Gradients<f32, Cpu>,
+    ) -> Result<(), GrowError> {
+        self.sync(model)?;
+        self.steps += 1;
+        let t = self.steps as i32;
+        let (cfg, scratch) = (&self.cfg, &mut self.scratch);
+        let mut moments = self.moments.iter_mut();
+        let mut result = Ok(());
+        model.visit_mut(&mut |p| {
+            let Some((m, v)) = moments.next() else { return };
+            let r = match p {
+                ParamMut::Matrix(w) => adam_in_place(w, grads, cfg, t, (m, v), scratch),
+                ParamMut::Vector(b) => adam_in_place(b, grads, cfg, t, (m, v), scratch),
+            };
+            if result.is_ok() {
+                result = r;
+            }
+        });
+        result
+    }
+
+    fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    fn lr(&self) -> f64 {
+        self.cfg.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) -> Result<(), GrowError> {
+        self.cfg.lr = lr;
+        Ok(())
+    }
 }
 
 /// One step of a dfdx const-generic model with dfdx's Adam.
@@ -162,6 +219,9 @@ const WARMUP: usize = 3;
 /// The crate's step with the input wrapped in `Data` (benches/vs_torch.sh reads this name).
 const DATA_CASE: &str = "dfdx-grow Mlp (input as Data) + optim::Adam";
 
+/// As `DATA_CASE`, the update through `optim::adam_in_place` (not yet wired into `optim::Adam`).
+const IN_PLACE_CASE: &str = "dfdx-grow Mlp (input as Data) + Adam via optim::adam_in_place";
+
 fn dcfg() -> DAdamConfig {
     DAdamConfig {
         lr: 1e-3,
@@ -178,10 +238,13 @@ macro_rules! compare_with_dfdx {
         let mut $m = dev.build_module::<$model, f32>();
         let mut mlp = twin(dev, &$layers);
         let mut mlp_data = mlp.clone();
+        let mut mlp_inplace = mlp.clone();
+        let mut opt_inplace = InPlaceAdam::default();
         let mut dopt = DAdam::new(&$m, dcfg());
         let mut opt = Adam::<f32>::new(AdamConfig::default()).unwrap();
         let mut opt_data = Adam::<f32>::new(AdamConfig::default()).unwrap();
-        let (la, lb, lc) = (
+        let (la, lb, lc, ld) = (
+            RefCell::new(vec![]),
             RefCell::new(vec![]),
             RefCell::new(vec![]),
             RefCell::new(vec![]),
@@ -195,6 +258,9 @@ macro_rules! compare_with_dfdx {
             }),
             logged(DATA_CASE, &lc, || {
                 data_step(&mut mlp_data, &mut opt_data, &x, &y)
+            }),
+            logged(IN_PLACE_CASE, &ld, || {
+                data_step(&mut mlp_inplace, &mut opt_inplace, &x, &y)
             }),
         ];
         let s = compare(&mut cases, 0, WARMUP, reps($reps));
@@ -210,6 +276,7 @@ macro_rules! compare_with_dfdx {
                 ("dfdx nn::Linear + dfdx Adam", &la),
                 ("dfdx-grow Mlp + optim::Adam", &lb),
                 (DATA_CASE, &lc),
+                (IN_PLACE_CASE, &ld),
             ],
             WARMUP,
         );

@@ -32,11 +32,10 @@ pub struct Linear<E: Dtype, D: Device<E>> {
     pub bias: Vector<E, D>,
 }
 
-/// Samples `n` values uniformly in `[-bound, bound)`, the way a fresh dfdx layer is initialised.
+/// Samples `n` values uniformly in `(-bound, bound)`, the way a fresh dfdx layer is
+/// initialised, in bulk (see [`crate::sampling::uniform`]).
 pub(crate) fn uniform<E: Real>(n: usize, bound: f64, rng: &mut (impl Rng + ?Sized)) -> Vec<E> {
-    (0..n)
-        .map(|_| E::from_f64(rng.gen_range(-1.0..1.0) * bound).unwrap_or_else(E::zero))
-        .collect()
+    crate::sampling::uniform(n, bound, rng)
 }
 
 impl<E: Real, D: Device<E>> Linear<E, D> {

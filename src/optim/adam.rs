@@ -1,10 +1,12 @@
 //! Adam and AdamW, with a step count of their own for every growth cohort.
 
+use dfdx::prelude::{Cpu, Device, Gradients};
 use serde::{Deserialize, Serialize};
 
 use super::adaptor::{GrowingOptimizer, Kernel, StepContext, MAX_BUFFERS};
+use super::inplace::{adam_in_place, InPlace};
 use super::{check_hyper, check_weight_decay, WeightDecay};
-use crate::{GrowError, Real};
+use crate::{GrowError, ParamMut, Real};
 
 /// Which step count drives the bias correction of weights added by a growth.
 ///
@@ -55,7 +57,10 @@ impl Default for AdamConfig {
 /// zero, each growth cohort with its own step count (see [`NewUnitSteps`]).
 pub type Adam<E> = GrowingOptimizer<AdamConfig, E>;
 
-impl<E: Real> Adam<E> {
+impl<E: Real> Adam<E>
+where
+    Cpu: Device<E>,
+{
     /// AdamW: Adam with decoupled weight decay `wd`.
     pub fn adamw(lr: f64, wd: f64) -> Result<Self, GrowError> {
         Self::new(AdamConfig {
@@ -119,6 +124,37 @@ impl Kernel for AdamConfig {
             l2,
             decoupled,
         ]
+    }
+
+    fn update_in_place<E: Real, D: Device<E>>(
+        &self,
+        param: &mut ParamMut<'_, E, D>,
+        grads: &mut Gradients<E, D>,
+        state: &mut [Vec<E>],
+        ctx: &StepContext,
+        scratch: &mut InPlace<E>,
+    ) -> Option<Result<(), GrowError>>
+    where
+        Cpu: Device<E>,
+    {
+        let t = match self.new_units {
+            NewUnitSteps::Cohort => ctx.t,
+            NewUnitSteps::Global => ctx.global_t,
+        };
+        let t = i32::try_from(t).unwrap_or(i32::MAX);
+        let cfg = AdamConfig {
+            lr: ctx.lr,
+            ..*self
+        };
+        let [m, v] = state else {
+            return Some(Err(GrowError::StateMismatch(
+                "Adam keeps two moments".into(),
+            )));
+        };
+        Some(match param {
+            ParamMut::Matrix(w) => adam_in_place(w, grads, &cfg, t, (m, v), scratch),
+            ParamMut::Vector(b) => adam_in_place(b, grads, &cfg, t, (m, v), scratch),
+        })
     }
 
     #[inline(never)]

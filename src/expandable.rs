@@ -98,13 +98,26 @@ pub trait Expandable<E> {
     /// width.
     fn input_column(&self, unit: usize) -> Option<Vec<E>>;
 
-    /// The L2 norm of every output unit's fan-in and bias (for health reports). The default
-    /// reads the units one by one; a layer can do it in one pass.
+    /// The L2 norm of every output unit's fan-in weights (bias excluded). The default reads
+    /// the units one by one; a layer can do it in one pass.
     fn output_norms(&self) -> Vec<f64>
     where
         E: Real,
     {
         crate::health::output_norms(self)
+    }
+
+    /// Every output unit's bias.
+    fn output_biases(&self) -> Vec<f64>
+    where
+        E: Real,
+    {
+        (0..self.out_width())
+            .map(|u| {
+                self.output_unit(u)
+                    .map_or(f64::NAN, |(_, b)| b.to_f64().unwrap_or(f64::NAN))
+            })
+            .collect()
     }
 
     /// The L2 norm of every input unit's fan-out.

@@ -67,7 +67,7 @@ pub struct CohortHealth {
     /// The mean over units of the share of examples on which a unit is active.
     #[serde(with = "num::float")]
     pub mean_active: f64,
-    /// The mean L2 norm of a unit's fan-in (weights and bias).
+    /// The mean L2 norm of a unit's fan-in weights.
     #[serde(with = "num::float")]
     pub fan_in_norm: f64,
     /// The mean L2 norm of a unit's fan-out, over every consumer.
@@ -200,13 +200,13 @@ pub fn site_health<E: Real, D: Device<E>, M: Growable<E, D>>(
         .collect()
 }
 
-/// The L2 norm of a unit's fan-in and bias, for every output unit of `layer`.
+/// The L2 norm of a unit's fan-in weights, for every output unit of `layer`.
 pub(crate) fn output_norms<E: Real>(layer: &(impl Expandable<E> + ?Sized)) -> Vec<f64> {
     (0..layer.out_width())
         .map(|u| {
-            layer.output_unit(u).map_or(f64::NAN, |(w, b)| {
-                crate::params::l2_norm(&w).hypot(b.to_f64().unwrap_or(f64::NAN))
-            })
+            layer
+                .output_unit(u)
+                .map_or(f64::NAN, |(w, _)| crate::params::l2_norm(&w))
         })
         .collect()
 }

@@ -121,12 +121,18 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
     }
 
     fn output_norms(&self) -> Vec<f64> {
-        let (w, b) = (self.weight.as_vec(), self.bias.as_vec());
-        let inp = self.in_width().max(1);
-        w.chunks(inp)
-            .zip(&b)
-            .map(|(row, &b)| crate::params::l2_norm(row).hypot(b.to_f64().unwrap_or(f64::NAN)))
+        let w = self.weight.as_vec();
+        if self.in_width() == 0 {
+            return vec![0.0; self.out_width()];
+        }
+        w.chunks(self.in_width())
+            .map(crate::params::l2_norm)
             .collect()
+    }
+
+    fn output_biases(&self) -> Vec<f64> {
+        let b = self.bias.as_vec();
+        b.iter().map(|b| b.to_f64().unwrap_or(f64::NAN)).collect()
     }
 
     fn input_norms(&self) -> Vec<f64> {

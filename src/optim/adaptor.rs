@@ -22,6 +22,9 @@ pub struct StepContext {
     pub global_t: u64,
     /// The learning rate for these elements (the optimizer's, times any new-unit multiplier).
     pub lr: f64,
+    /// The epsilon chosen for these elements when a growth added them
+    /// ([`Kernel::new_cohort_eps`]); `None` for the kernel's own.
+    pub eps: Option<f64>,
 }
 
 /// An optimizer's element-wise update rule.
@@ -60,6 +63,14 @@ pub trait Kernel: Clone + std::fmt::Debug + Send + 'static {
         grad: &[E],
         state: [&mut [E]; MAX_BUFFERS],
     );
+
+    /// The epsilon of entries a growth adds to a tensor whose state is `old` (before the
+    /// growth) at update `now`, when the kernel gives new entries one of their own. Default
+    /// none.
+    fn new_cohort_eps<E: Real>(&self, old: &TensorState<E>, now: u64) -> Option<f64> {
+        let _ = (old, now);
+        None
+    }
 
     /// Updates a whole tensor whose elements share one context in its own storage (dfdx's
     /// kernels on the CPU), computing exactly what [`Kernel::update`] computes; `None` when
@@ -204,8 +215,11 @@ where
     }
 
     fn sync(&mut self, model: &dyn Params<E, D>) -> Result<(), GrowError> {
+        let (kernel, now) = (&self.kernel, self.steps);
         self.state
-            .sync(&model.param_dims(), self.kernel.buffers(), self.steps)
+            .sync(&model.param_dims(), kernel.buffers(), now, &|old| {
+                kernel.new_cohort_eps(old, now)
+            })
     }
 
     fn update(
@@ -335,12 +349,13 @@ fn uniform_context<E: Copy + Default>(
 ) -> Option<StepContext> {
     let mut ctx: Option<StepContext> = None;
     let mut same = true;
-    st.for_each_block(|born, _| {
+    st.for_each_block(|born, eps, _| {
         let t = now - born;
         let c = StepContext {
             t,
             global_t: now,
             lr: lr_for(born, t),
+            eps,
         };
         match ctx {
             None => ctx = Some(c),
@@ -360,12 +375,13 @@ fn step_tensor<K: Kernel, E: Real>(
     grad: &[E],
 ) {
     let mut bufs = std::mem::take(&mut st.buffers);
-    st.for_each_block(|born, ranges| {
+    st.for_each_block(|born, eps, ranges| {
         let t = now - born;
         let ctx = StepContext {
             t,
             global_t: now,
             lr: lr_for(born, t),
+            eps,
         };
         let k = kernel.constants::<E>(&ctx);
         for range in ranges {

@@ -162,7 +162,6 @@ const WARMUP: usize = 3;
 /// The crate's step with the input wrapped in `Data` (benches/vs_torch.sh reads this name).
 const DATA_CASE: &str = "dfdx-grow Mlp (input as Data) + optim::Adam";
 
-
 fn dcfg() -> DAdamConfig {
     DAdamConfig {
         lr: 1e-3,

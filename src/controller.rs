@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditError, AuditLog, AuditRecord, DeclinedEvent, GrowthEvent, RefusedEvent};
-use crate::health::{site_health, HealthRecord};
+use crate::health::{reinitialise_units, site_health, HealthRecord};
 use crate::lr::LrSchedule;
 use crate::optim::Optimizer;
 use crate::policy::{
@@ -278,6 +278,9 @@ impl GrowthController {
         opt: &mut dyn Optimizer<E, D>,
         probe: Option<&dyn LossProbe<M>>,
     ) -> Result<Outcome, ControllerError> {
+        // Health checks first, a transaction of their own: a failure leaves everything as it
+        // was, before the policy sees this observation.
+        self.check_health(m, model, probe)?;
         let names = m.site_names();
         if self.checked_sites.as_ref() != Some(&names) {
             self.policy.check(m)?;
@@ -362,7 +365,6 @@ impl GrowthController {
             // The rate of the next update; a schedule's rates are finite and >= 0.
             let _ = opt.set_lr(s.lr(m.step, m.flops));
         }
-        self.check_health(m, model, probe)?;
         Ok(outcome)
     }
 
@@ -596,11 +598,13 @@ impl GrowthController {
         Ok(())
     }
 
-    /// Runs the health checks that are due; writes their records.
+    /// Runs the health checks that are due and writes their records; with
+    /// [`HealthAction::Reinitialise`], gives the dead units of mostly dead cohorts a fresh
+    /// start. All or nothing: on error the model and the due checks are as they were.
     fn check_health<E: Real, D: Device<E>, M: Growable<E, D>>(
         &mut self,
         m: &Metrics,
-        model: &M,
+        model: &mut M,
         probe: Option<&dyn LossProbe<M>>,
     ) -> Result<(), ControllerError> {
         let Some(check) = self.health.clone() else {
@@ -614,26 +618,54 @@ impl GrowthController {
         if due.is_empty() {
             return Ok(());
         }
+        let backup = model.clone();
+        let mut rng = StdRng::seed_from_u64(self.seed ^ m.step.wrapping_mul(0xD1B5_4A32_D192_ED03));
         let mut records = Vec::new();
         for h in &due {
-            let Some(activity) = probe.and_then(|p| p.activity(model, &h.site)) else {
-                continue;
-            };
-            let cohorts = self.cohorts(&h.site, activity.width);
-            let Ok(cohorts) = site_health(model, &h.site, &activity, &cohorts) else {
-                continue;
-            };
-            let _ = check.dead_share;
-            records.push(AuditRecord::Health(HealthRecord {
+            let mut record = HealthRecord {
                 step: m.step,
                 epoch: m.epoch,
                 site: h.site.clone(),
-                cohorts,
+                cohorts: Vec::new(),
                 reinitialised: 0,
-            }));
+                mostly_dead: Vec::new(),
+                note: None,
+            };
+            let measured = probe
+                .and_then(|p| p.activity(model, &h.site))
+                .ok_or_else(|| "the probe does not report unit activity".to_string())
+                .and_then(|a| {
+                    let cohorts = self.cohorts(&h.site, a.width);
+                    site_health(model, &h.site, &a, &cohorts)
+                        .map(|c| (a, c))
+                        .map_err(|e| e.to_string())
+                });
+            match measured {
+                Err(why) => record.note = Some(format!("not measured: {why}")),
+                Ok((activity, cohorts)) => {
+                    let mut dead = Vec::new();
+                    for c in cohorts.iter().filter(|c| c.born > 0) {
+                        if c.dead as f64 >= check.dead_share * c.len() as f64 && c.dead > 0 {
+                            record.mostly_dead.push(c.born);
+                            dead.extend(c.units.clone().filter(|&u| activity.share(u) == 0.0));
+                        }
+                    }
+                    if check.action == HealthAction::Reinitialise && !dead.is_empty() {
+                        match reinitialise_units(model, &h.site, &dead, &mut rng) {
+                            Ok(()) => record.reinitialised = dead.len(),
+                            Err(e) => record.note = Some(format!("not re-initialised: {e}")),
+                        }
+                    }
+                    record.cohorts = cohorts;
+                }
+            }
+            records.push(AuditRecord::Health(record));
         }
-        if let (Some(log), false) = (&mut self.audit, records.is_empty()) {
-            log.append_all(&records)?;
+        if let Some(log) = &mut self.audit {
+            if let Err(e) = log.append_all(&records) {
+                *model = backup;
+                return Err(e.into());
+            }
         }
         self.health_due = later;
         Ok(())

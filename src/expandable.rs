@@ -128,6 +128,31 @@ pub trait Expandable<E> {
         crate::health::input_norms(self)
     }
 
+    /// Overwrites the fan-in and bias of output units `units` (`fan_in` unit-major, one row
+    /// per listed unit), e.g. to give dead units a fresh start. Default: not supported.
+    fn replace_outputs(
+        &mut self,
+        units: &[usize],
+        fan_in: &[E],
+        bias: &[E],
+    ) -> Result<(), GrowError> {
+        let _ = (units, fan_in, bias);
+        Err(GrowError::InitMismatch {
+            init: "replace",
+            reason: "this layer cannot overwrite existing units".into(),
+        })
+    }
+
+    /// Overwrites the fan-out of input units `units` (`fan_out` unit-major). Default: not
+    /// supported.
+    fn replace_inputs(&mut self, units: &[usize], fan_out: &[E]) -> Result<(), GrowError> {
+        let _ = (units, fan_out);
+        Err(GrowError::InitMismatch {
+            init: "replace",
+            reason: "this layer cannot overwrite existing units".into(),
+        })
+    }
+
     /// Appends `bias.len()` output units: `fan_in` holds their weights, unit-major
     /// (`bias.len()` x [`Self::unit_fan_in`]).
     fn grow_outputs(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError>;

@@ -147,6 +147,38 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
         sums.iter().map(|s| s.sqrt()).collect()
     }
 
+    fn replace_outputs(
+        &mut self,
+        units: &[usize],
+        fan_in: &[E],
+        bias: &[E],
+    ) -> Result<(), GrowError> {
+        let (out, inp) = *self.weight.shape();
+        check_units(units, out, fan_in.len(), inp, bias.len())?;
+        let (mut w, mut b) = (self.weight.as_vec(), self.bias.as_vec());
+        for (j, &u) in units.iter().enumerate() {
+            w[u * inp..(u + 1) * inp].copy_from_slice(&fan_in[j * inp..(j + 1) * inp]);
+            b[u] = bias[j];
+        }
+        // In place: the tensors keep their ids.
+        self.weight.copy_from(&w);
+        self.bias.copy_from(&b);
+        Ok(())
+    }
+
+    fn replace_inputs(&mut self, units: &[usize], fan_out: &[E]) -> Result<(), GrowError> {
+        let (out, inp) = *self.weight.shape();
+        check_units(units, inp, fan_out.len(), out, units.len())?;
+        let mut w = self.weight.as_vec();
+        for (j, &u) in units.iter().enumerate() {
+            for r in 0..out {
+                w[r * inp + u] = fan_out[j * out + r];
+            }
+        }
+        self.weight.copy_from(&w);
+        Ok(())
+    }
+
     fn grow_outputs(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
         let (out, inp) = *self.weight.shape();
         let k = bias.len();
@@ -179,6 +211,31 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
     fn grow_inputs(&mut self, fan_out: &[E], rescale: &[(usize, E)]) -> Result<(), GrowError> {
         self.grow_input_groups(1, fan_out, rescale)
     }
+}
+
+/// Checks a list of `units` below `width` with `values` of `per_unit` each and `n` extras.
+fn check_units(
+    units: &[usize],
+    width: usize,
+    values: usize,
+    per_unit: usize,
+    n: usize,
+) -> Result<(), GrowError> {
+    if let Some(&u) = units.iter().find(|&&u| u >= width) {
+        return Err(GrowError::ShapeMismatch {
+            what: "a unit to replace".into(),
+            expected: width,
+            found: u,
+        });
+    }
+    if Some(values) != units.len().checked_mul(per_unit) || n != units.len() {
+        return Err(GrowError::ShapeMismatch {
+            what: "the values of the units to replace".into(),
+            expected: units.len().saturating_mul(per_unit),
+            found: values,
+        });
+    }
+    Ok(())
 }
 
 impl<E: Real, D: Device<E>> Linear<E, D> {

@@ -134,3 +134,94 @@ fn a_copied_unit_reports_the_figures_of_its_source() {
     // The probe's loss needs a target: without one it is NaN, not a number made up.
     assert!(probe.loss(&mlp).is_nan());
 }
+
+#[test]
+fn the_controller_reports_mostly_dead_cohorts_and_can_give_their_units_a_fresh_start() {
+    use dfdx_grow::audit::{AuditLog, AuditRecord};
+    use dfdx_grow::policy::{policy_from_str, Metrics};
+    use dfdx_grow::{GrowthController, HealthAction, HealthCheck};
+
+    let dev = Cpu::default();
+    let split = stratified_split(&digits().unwrap(), 0.2, 1).unwrap();
+    let mut rng = rng(1);
+    let mut mlp = Mlp::<f32, Cpu>::new(&[64, 16, 10], Activation::Relu, &dev, &mut rng);
+    // The old behaviour, to have dead units to find.
+    let mut opt = Adam::<f32>::new(AdamConfig {
+        lr: 1e-2,
+        new_unit_eps: 0.0,
+        ..AdamConfig::default()
+    })
+    .unwrap();
+    let policy = policy_from_str(
+        "Schedule(events: [(at: Step(200), target: Layer(0), size: Fixed(48), init: ZerosOutFresh)])",
+        "inline",
+    )
+    .unwrap();
+    let log = std::env::temp_dir().join(format!("dfdx_grow_health_{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let check = HealthCheck {
+        after_steps: 300,
+        dead_share: 0.3,
+        action: HealthAction::Reinitialise,
+    };
+    let mut ctl = GrowthController::new(policy, 5)
+        .with_audit(AuditLog::open(&log).unwrap())
+        .with_health(check)
+        .unwrap();
+    let all: Vec<usize> = (0..split.val.len()).collect();
+    let (vx, vy) = split.val.batch::<f32, Cpu>(&dev, &all);
+    let probe = Probe {
+        input: vx,
+        target: Some((vy, Loss::CrossEntropy)),
+    };
+    let mut order: Vec<usize> = (0..split.train.len()).collect();
+    order.shuffle(&mut rng);
+    let mut loss_around_check = (0.0, 0.0);
+    for step in 1..=500u64 {
+        let at = (step as usize * 64) % (order.len() - 64);
+        let (x, y) = split.train.batch::<f32, Cpu>(&dev, &order[at..at + 64]);
+        let grads = mlp.try_alloc_grads().unwrap();
+        let loss = cross_entropy_with_logits_loss(mlp.forward(x.traced(grads)), y);
+        let mut grads = loss.backward();
+        opt.update(&mut mlp, &mut grads).unwrap();
+        let m = Metrics::of(&mlp).step(step).build().unwrap();
+        if step == 500 {
+            loss_around_check.0 = probe.loss(&mlp);
+        }
+        ctl.observe(&m, &mut mlp, &mut opt, Some(&probe)).unwrap();
+        if step == 500 {
+            loss_around_check.1 = probe.loss(&mlp);
+        }
+    }
+    let health: Vec<_> = AuditLog::read(&log)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            AuditRecord::Health(h) => Some(h),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(health.len(), 1);
+    let h = &health[0];
+    assert_eq!((h.step, h.site.as_str()), (500, "hidden.0"));
+    assert_eq!(h.cohorts.len(), 2);
+    assert_eq!((h.cohorts[1].born, h.cohorts[1].len()), (200, 48));
+    let dead = h.cohorts[1].dead;
+    assert!(
+        dead as f64 >= 0.3 * 48.0,
+        "the old behaviour left {dead} dead"
+    );
+    assert_eq!(h.mostly_dead, vec![200]);
+    assert_eq!(h.reinitialised, dead);
+    // The dead units added nothing on the probe batch, and their fan-out is now zero: the
+    // probe loss is unchanged, and the fresh units are measured alive again.
+    assert_eq!(loss_around_check.0, loss_around_check.1);
+    let activity = probe.activity(&mlp, "hidden.0").unwrap();
+    let after = site_health(&mlp, "hidden.0", &activity, &ctl.cohorts("hidden.0", 64)).unwrap();
+    assert!(
+        after[1].dead < dead / 2,
+        "{} still dead of {dead}",
+        after[1].dead
+    );
+    let _ = std::fs::remove_file(&log);
+}

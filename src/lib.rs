@@ -15,6 +15,7 @@ pub mod audit;
 pub mod checkpoint;
 mod codec;
 mod controller;
+mod conv;
 mod data_matmul;
 mod error;
 mod expandable;
@@ -40,6 +41,7 @@ pub use controller::{
     DEFAULT_MAX_GROWTH_BYTES,
 };
 pub use data_matmul::Data;
+pub use conv::{flatten, Conv2d, FlatLinear, Images};
 pub use error::GrowError;
 pub use expandable::{grow_between, Expandable};
 pub use init::{Init, NewUnits};

@@ -1,0 +1,742 @@
+//! A 2-D convolution whose channel counts are decided at run time, so it can grow.
+//!
+//! dfdx 0.13 compiles its own `conv2d` op and `nn::Conv2D` only with its `nightly` feature.
+//! This layer is built from what stable dfdx offers: an im2col that lays every receptive field
+//! out as a row, then one dfdx `matmul` with the weight, so the products (and most of the time)
+//! go through dfdx's gemm and autograd through dfdx's tape.
+//!
+//! The im2col itself has two implementations with the same result:
+//! - on the `Cpu` device, a host loop registered as one op on dfdx's tape (its backward adds
+//!   each row back into the input's gradient);
+//! - on any other device, dfdx's own `concat_along` (the zero padding) and `gather` (the
+//!   receptive fields), which are device-generic but run element by element on the CPU.
+//!
+//! Slices were not used: dfdx 0.13's `slice` backward *assigns* the incoming gradient instead
+//! of adding it, so overlapping slices of one tensor (every kernel offset of a convolution)
+//! give wrong input gradients.
+//!
+//! # Layout of the parameters
+//!
+//! The weight is kept as a 2-D [`Matrix`] of shape `(out_channels, in_channels * kh * kw)`,
+//! each row ordered `(in_channel, kernel_row, kernel_col)`: PyTorch's `(out, in, kh, kw)`
+//! weight, flattened after its first axis. In that view, the one the crate's [`Params`] walk
+//! and its optimizers see:
+//! - a new **output** channel appends one **row** to the weight and one entry to the bias;
+//! - a new **input** channel appends `kh * kw` **columns** at the end of every row (the
+//!   channel index is the slowest within a row), and nothing to the bias.
+//!
+//! So growth only appends rows and columns, which is what the growth-aware optimizers assume
+//! when they pad their state, and the weight is already the matrix the im2col product needs.
+
+use std::any::{Any, TypeId};
+
+use dfdx::prelude::*;
+use rand::Rng;
+
+use crate::linear::{fan_in_bound, uniform};
+use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
+use crate::{GrowError, Linear, Real};
+
+/// A batch of images, `(batch, channels, height, width)`.
+pub type Images<E, D, T = NoneTape> = Tensor<(usize, usize, usize, usize), E, D, T>;
+
+/// A 2-D convolution (cross-correlation, as PyTorch's `conv2d`) with zero padding, runtime
+/// channel counts, kernel size, stride and padding.
+///
+/// Input batches are `(batch, in_channels, height, width)` tensors, traced or not; the output
+/// is `(batch, out_channels, out_height, out_width)` with
+/// `out = (in + 2 * padding - kernel) / stride + 1` on each axis.
+///
+/// ```
+/// use dfdx_grow::dfdx::prelude::*;
+/// use dfdx_grow::rand::{rngs::StdRng, SeedableRng};
+/// use dfdx_grow::{flatten, Conv2d, Linear};
+///
+/// let dev = Cpu::default();
+/// let mut rng = StdRng::seed_from_u64(0);
+/// let conv = Conv2d::<f32, Cpu>::new(1, 4, 3, 1, 1, &dev, &mut rng).unwrap();
+/// let head = Linear::<f32, Cpu>::new(4 * 8 * 8, 10, &dev, &mut rng).unwrap();
+/// let x = dev.sample_normal_like(&(2, 1, 8, 8));
+/// let y = head.forward(flatten(conv.forward(x).relu()));
+/// assert_eq!(*y.shape(), (2, 10));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Conv2d<E: Dtype, D: Device<E>> {
+    /// `(out_channels, in_channels * kh * kw)`, rows ordered `(in_channel, kh, kw)`.
+    weight: Matrix<E, D>,
+    /// `(out_channels,)`.
+    bias: Vector<E, D>,
+    kernel: (usize, usize),
+    stride: usize,
+    padding: usize,
+}
+
+/// Everything the im2col needs to know about one forward call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Geometry {
+    batch: usize,
+    channels: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    /// Columns of the im2col matrix: one per weight in a row.
+    fn cols(&self) -> usize {
+        self.channels * self.kh * self.kw
+    }
+
+    /// Rows of the im2col matrix: one per output pixel.
+    fn rows(&self) -> usize {
+        self.batch * self.oh * self.ow
+    }
+
+    /// The input coordinate of output `o` at kernel offset `k` on an axis of length `len`, or
+    /// `None` in the zero padding.
+    fn src(&self, o: usize, k: usize, len: usize) -> Option<usize> {
+        (o * self.stride + k)
+            .checked_sub(self.pad)
+            .filter(|&i| i < len)
+    }
+}
+
+fn invalid(sizes: Vec<usize>, reason: impl Into<String>) -> GrowError {
+    GrowError::InvalidSizes {
+        sizes,
+        reason: reason.into(),
+    }
+}
+
+/// `(len + 2 * pad - k) / stride + 1`, or `None` when the kernel does not fit.
+fn out_len(len: usize, k: usize, stride: usize, pad: usize) -> Option<usize> {
+    let padded = len.checked_add(pad.checked_mul(2)?)?;
+    Some(padded.checked_sub(k)? / stride + 1)
+}
+
+impl<E: Real, D: Device<E>> Conv2d<E, D> {
+    /// A layer of `out_c` channels over `in_c` input channels with a square `kernel`, weights
+    /// and bias uniform in `[-1/sqrt(fan_in), 1/sqrt(fan_in))`, `fan_in = in_c * kernel^2`
+    /// (PyTorch's default for `nn.Conv2d`).
+    pub fn new(
+        in_c: usize,
+        out_c: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        dev: &D,
+        rng: &mut impl Rng,
+    ) -> Result<Self, GrowError> {
+        Self::with_kernel(in_c, out_c, (kernel, kernel), stride, padding, dev, rng)
+    }
+
+    /// As [`Conv2d::new`] with a rectangular kernel `(kh, kw)`.
+    pub fn with_kernel(
+        in_c: usize,
+        out_c: usize,
+        kernel: (usize, usize),
+        stride: usize,
+        padding: usize,
+        dev: &D,
+        rng: &mut impl Rng,
+    ) -> Result<Self, GrowError> {
+        let sizes = vec![in_c, out_c, kernel.0, kernel.1, stride, padding];
+        check_hyper(kernel, stride).map_err(|r| invalid(sizes.clone(), r))?;
+        let fan_in = in_c
+            .checked_mul(kernel.0)
+            .and_then(|n| n.checked_mul(kernel.1))
+            .ok_or_else(|| invalid(sizes.clone(), "the fan-in overflows usize"))?;
+        let n = fan_in
+            .checked_mul(out_c)
+            .ok_or_else(|| invalid(sizes, "the weight's size overflows usize"))?;
+        let bound = fan_in_bound(fan_in);
+        let weight = dev
+            .try_tensor_from_vec(uniform(n, bound, rng), (out_c, fan_in))
+            .map_err(GrowError::device)?;
+        let bias = dev
+            .try_tensor_from_vec(uniform(out_c, bound, rng), (out_c,))
+            .map_err(GrowError::device)?;
+        Ok(Self {
+            weight,
+            bias,
+            kernel,
+            stride,
+            padding,
+        })
+    }
+
+    /// A layer from existing tensors: `weight` is `(out_c, in_c * kh * kw)` with rows ordered
+    /// `(in_channel, kh, kw)` (a PyTorch `(out, in, kh, kw)` weight, row-major), `bias` has
+    /// `out_c` entries.
+    pub fn from_parts(
+        weight: Matrix<E, D>,
+        bias: Vector<E, D>,
+        kernel: (usize, usize),
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self, GrowError> {
+        let (out, cols) = *weight.shape();
+        let sizes = vec![out, cols, kernel.0, kernel.1, stride, padding];
+        check_hyper(kernel, stride).map_err(|r| invalid(sizes.clone(), r))?;
+        if cols % (kernel.0 * kernel.1) != 0 {
+            return Err(invalid(
+                sizes,
+                format!(
+                    "the weight has {cols} columns, not a multiple of kh * kw = {}",
+                    kernel.0 * kernel.1
+                ),
+            ));
+        }
+        if bias.shape().0 != out {
+            return Err(GrowError::ShapeMismatch {
+                layer: 0,
+                expected: out,
+                found: bias.shape().0,
+            });
+        }
+        Ok(Self {
+            weight,
+            bias,
+            kernel,
+            stride,
+            padding,
+        })
+    }
+
+    /// The number of input channels.
+    pub fn in_channels(&self) -> usize {
+        self.weight.shape().1 / self.kernel_area()
+    }
+
+    /// The number of output channels.
+    pub fn out_channels(&self) -> usize {
+        self.weight.shape().0
+    }
+
+    /// `(kh, kw)`.
+    pub fn kernel(&self) -> (usize, usize) {
+        self.kernel
+    }
+
+    /// The stride (the same on both axes).
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// The zero padding on each side (the same on both axes).
+    pub fn padding(&self) -> usize {
+        self.padding
+    }
+
+    /// The weight, `(out_channels, in_channels * kh * kw)`.
+    pub fn weight(&self) -> &Matrix<E, D> {
+        &self.weight
+    }
+
+    /// The bias, `(out_channels,)`.
+    pub fn bias(&self) -> &Vector<E, D> {
+        &self.bias
+    }
+
+    /// The weight as a host vector, in PyTorch's `(out, in, kh, kw)` order.
+    pub fn weight_vec(&self) -> Vec<E> {
+        self.weight.as_vec()
+    }
+
+    /// The bias as a host vector.
+    pub fn bias_vec(&self) -> Vec<E> {
+        self.bias.as_vec()
+    }
+
+    /// The output's `(height, width)` for an input of `(height, width)`, or `None` when the
+    /// kernel does not fit in the padded input.
+    pub fn output_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        Some((
+            out_len(h, self.kernel.0, self.stride, self.padding)?,
+            out_len(w, self.kernel.1, self.stride, self.padding)?,
+        ))
+    }
+
+    /// Whether this layer can take an input of `shape` (`(batch, channels, height, width)`);
+    /// returns the output's `(height, width)`. The forward pass panics where this fails.
+    pub fn check_input(
+        &self,
+        shape: &(usize, usize, usize, usize),
+    ) -> Result<(usize, usize), GrowError> {
+        let &(b, c, h, w) = shape;
+        if c != self.in_channels() {
+            return Err(GrowError::ShapeMismatch {
+                layer: 0,
+                expected: self.in_channels(),
+                found: c,
+            });
+        }
+        if b == 0 {
+            return Err(invalid(vec![b, c, h, w], "a batch of zero images"));
+        }
+        self.output_size(h, w).ok_or_else(|| {
+            invalid(
+                vec![b, c, h, w],
+                format!(
+                    "the kernel {:?} does not fit in the input padded by {}",
+                    self.kernel, self.padding
+                ),
+            )
+        })
+    }
+
+    fn kernel_area(&self) -> usize {
+        self.kernel.0 * self.kernel.1
+    }
+
+    fn geometry(&self, shape: &(usize, usize, usize, usize)) -> Geometry {
+        let (oh, ow) = self
+            .check_input(shape)
+            .unwrap_or_else(|e| panic!("Conv2d::forward: {e}"));
+        let &(batch, channels, h, w) = shape;
+        Geometry {
+            batch,
+            channels,
+            h,
+            w,
+            kh: self.kernel.0,
+            kw: self.kernel.1,
+            stride: self.stride,
+            pad: self.padding,
+            oh,
+            ow,
+        }
+    }
+
+    fn dev(&self) -> &D {
+        self.weight.device()
+    }
+
+    /// The forward pass with the device-generic im2col (dfdx's `concat_along` and `gather`),
+    /// the one every device other than `Cpu` takes. Exposed so that it can be tested and
+    /// timed on the CPU.
+    pub fn forward_portable<T: Tape<E, D>>(
+        &self,
+        x: Images<E, D, T>,
+    ) -> Result<Images<E, D, T>, D::Err> {
+        let g = self.geometry(x.shape());
+        let cols = im2col_gather(x, &g)?;
+        self.project(cols, &g)
+    }
+
+    /// `cols (rows, in*kh*kw) @ weight^T + bias`, back to `(batch, out, oh, ow)`.
+    fn project<T: Tape<E, D>>(
+        &self,
+        cols: Tensor<(usize, usize), E, D, T>,
+        g: &Geometry,
+    ) -> Result<Images<E, D, T>, D::Err> {
+        let out = self.out_channels();
+        let y = cols.try_matmul(self.weight.retaped::<T>().try_permute::<_, Axes2<1, 0>>()?)?;
+        let b = self
+            .bias
+            .retaped::<T>()
+            .try_broadcast_like::<_, Axis<0>>(&(g.rows(), out))?;
+        // Rows are (batch, oh, ow): the product is channels-last; a permuted view makes it
+        // (batch, out, oh, ow). Whoever needs it contiguous (the next im2col, `flatten`)
+        // copies it once.
+        y.try_add(b)?
+            .try_reshape_like(&(g.batch, g.oh, g.ow, out))?
+            .try_permute::<_, Axes4<0, 3, 1, 2>>()
+    }
+
+    /// The fan-in of output channel `u`: its `in_channels * kh * kw` weights, ordered
+    /// `(in_channel, kh, kw)`, and its bias; `None` past the last channel.
+    pub fn out_channel(&self, u: usize) -> Option<(Vec<E>, E)> {
+        let (out, cols) = *self.weight.shape();
+        if u >= out {
+            return None;
+        }
+        let w = self.weight.as_vec();
+        let b = self.bias.as_vec();
+        Some((w[u * cols..(u + 1) * cols].to_vec(), b[u]))
+    }
+
+    /// The fan-out of input channel `c`: its `out_channels * kh * kw` weights, ordered
+    /// `(out_channel, kh, kw)`; `None` past the last channel.
+    pub fn in_channel(&self, c: usize) -> Option<Vec<E>> {
+        let (out, cols) = *self.weight.shape();
+        let area = self.kernel_area();
+        if c >= cols / area {
+            return None;
+        }
+        let w = self.weight.as_vec();
+        let mut v = Vec::with_capacity(out * area);
+        for r in 0..out {
+            v.extend_from_slice(&w[r * cols + c * area..r * cols + (c + 1) * area]);
+        }
+        Some(v)
+    }
+
+    /// Appends `bias.len()` output channels: `fan_in` holds their weights, unit-major
+    /// (`bias.len()` x `in_channels * kh * kw`, each ordered `(in_channel, kh, kw)`).
+    ///
+    /// Appends rows to the weight matrix and entries to the bias. Sizes are checked first;
+    /// on error nothing changes.
+    pub fn grow_out_channels(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
+        let (out, cols) = *self.weight.shape();
+        let k = bias.len();
+        if k == 0 {
+            return Err(GrowError::ZeroUnits);
+        }
+        let expected = k.checked_mul(cols).ok_or_else(|| {
+            invalid(vec![k, cols], "the new fan-in's size overflows usize")
+        })?;
+        if fan_in.len() != expected {
+            return Err(GrowError::ShapeMismatch {
+                layer: 0,
+                expected,
+                found: fan_in.len(),
+            });
+        }
+        let mut w = vec![E::zero(); (out + k) * cols];
+        self.weight.copy_into(&mut w[..out * cols]);
+        w[out * cols..].copy_from_slice(fan_in);
+        let mut b = vec![E::zero(); out + k];
+        self.bias.copy_into(&mut b[..out]);
+        b[out..].copy_from_slice(bias);
+        let dev = self.dev().clone();
+        // Both tensors are built before either is stored: a device error changes nothing.
+        let weight = dev
+            .try_tensor_from_vec(w, (out + k, cols))
+            .map_err(GrowError::device)?;
+        let bias = dev
+            .try_tensor_from_vec(b, (out + k,))
+            .map_err(GrowError::device)?;
+        self.weight = weight;
+        self.bias = bias;
+        Ok(())
+    }
+
+    /// Appends `fan_out.len() / (out_channels * kh * kw)` input channels: `fan_out` holds their
+    /// weights, unit-major (k x `out_channels * kh * kw`, each ordered `(out_channel, kh, kw)`),
+    /// after multiplying the whole fan-out of each existing input channel listed in `rescale`
+    /// by its factor.
+    ///
+    /// Appends `k * kh * kw` columns at the end of every weight row; the bias is unchanged.
+    /// Sizes are checked first; on error nothing changes.
+    pub fn grow_in_channels(
+        &mut self,
+        fan_out: &[E],
+        rescale: &[(usize, E)],
+    ) -> Result<(), GrowError> {
+        let (out, cols) = *self.weight.shape();
+        let area = self.kernel_area();
+        let block = out * area;
+        if fan_out.is_empty() {
+            return Err(GrowError::ZeroUnits);
+        }
+        if block == 0 || fan_out.len() % block != 0 {
+            return Err(GrowError::ShapeMismatch {
+                layer: 0,
+                expected: block,
+                found: fan_out.len(),
+            });
+        }
+        let k = fan_out.len() / block;
+        let in_c = cols / area;
+        if let Some(&(c, _)) = rescale.iter().find(|(c, _)| *c >= in_c) {
+            return Err(GrowError::ShapeMismatch {
+                layer: 0,
+                expected: in_c,
+                found: c,
+            });
+        }
+        let mut old = vec![E::zero(); out * cols];
+        self.weight.copy_into(&mut old);
+        for &(c, factor) in rescale {
+            for r in 0..out {
+                for v in &mut old[r * cols + c * area..r * cols + (c + 1) * area] {
+                    *v *= factor;
+                }
+            }
+        }
+        let width = cols + k * area;
+        let mut w = Vec::with_capacity(out * width);
+        for r in 0..out {
+            w.extend_from_slice(&old[r * cols..(r + 1) * cols]);
+            for unit in 0..k {
+                let src = unit * block + r * area;
+                w.extend_from_slice(&fan_out[src..src + area]);
+            }
+        }
+        self.weight = self
+            .dev()
+            .clone()
+            .try_tensor_from_vec(w, (out, width))
+            .map_err(GrowError::device)?;
+        Ok(())
+    }
+}
+
+fn check_hyper(kernel: (usize, usize), stride: usize) -> Result<(), String> {
+    if kernel.0 == 0 || kernel.1 == 0 {
+        return Err(format!("the kernel {kernel:?} has a zero side"));
+    }
+    if stride == 0 {
+        return Err("the stride is 0".into());
+    }
+    Ok(())
+}
+
+impl<E: Dtype, D: Device<E>> Params<E, D> for Conv2d<E, D> {
+    fn visit(&self, f: &mut dyn FnMut(ParamRef<'_, E, D>)) {
+        f(ParamRef::Matrix(&self.weight));
+        f(ParamRef::Vector(&self.bias));
+    }
+
+    fn visit_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_, E, D>)) {
+        f(ParamMut::Matrix(&mut self.weight));
+        f(ParamMut::Vector(&mut self.bias));
+    }
+}
+
+impl<E: Real, D: Device<E>, T: Tape<E, D>> Module<Images<E, D, T>> for Conv2d<E, D> {
+    type Output = Images<E, D, T>;
+    type Error = D::Err;
+
+    /// Panics where [`Conv2d::check_input`] fails (as dfdx's own layers panic on shapes).
+    fn try_forward(&self, x: Images<E, D, T>) -> Result<Self::Output, D::Err> {
+        let g = self.geometry(x.shape());
+        let cols = if TypeId::of::<D>() == TypeId::of::<Cpu>() {
+            im2col_host(x, &g)?
+        } else {
+            im2col_gather(x, &g)?
+        };
+        self.project(cols, &g)
+    }
+}
+
+/// `(batch, c, h, w) -> (batch, c * h * w)`, channel-major (`c` slowest, then `h`, then `w`,
+/// as PyTorch's `flatten(1)`): the input of a [`Linear`] after a convolution. Copies only
+/// when the input is not contiguous (a convolution's output is a permuted view).
+pub fn flatten<E: Dtype, D: Device<E>, T: Tape<E, D>>(
+    x: Images<E, D, T>,
+) -> Tensor<(usize, usize), E, D, T> {
+    let (b, c, h, w) = *x.shape();
+    x.reshape_like(&(b, c * h * w))
+}
+
+/// The host im2col, as one op on dfdx's tape. The forward works on any device (through host
+/// copies); the backward reads and writes gradients in place, which needs the `Cpu` device,
+/// the only one that dispatches here.
+fn im2col_host<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: Images<E, D, T>,
+    g: &Geometry,
+) -> Result<Tensor<(usize, usize), E, D, T>, D::Err> {
+    // Contiguous, so that the input's data and its gradient are in logical order.
+    let x = x.try_contiguous()?;
+    let (x, mut tape) = x.split_tape();
+    let mut host = vec![E::zero(); g.batch * g.channels * g.h * g.w];
+    x.copy_into(&mut host);
+    let mut cols = vec![E::zero(); g.rows() * g.cols()];
+    for_each_field(g, |row, k, src| {
+        if let Some(i) = src {
+            cols[row * g.cols() + k] = host[i];
+        }
+    });
+    let out = x
+        .device()
+        .try_tensor_from_vec(cols, (g.rows(), g.cols()))?;
+    // dfdx's `GhostTensor` cannot be named outside dfdx (so not downcast): the backward
+    // keeps the tensors themselves, which shares their buffers, copies nothing.
+    let (x_held, out_held) = (x.clone(), out.clone());
+    let g = *g;
+    tape.add_backward_op(move |grads| {
+        grads.try_alloc_for(&x_held)?;
+        grads.try_alloc_for(&out_held)?;
+        col2im_cpu(grads, &x_held, &out_held, &g);
+        Ok(())
+    });
+    Ok(out.put_tape(tape))
+}
+
+/// Adds each im2col row's gradient back into the input's gradient (both already allocated).
+fn col2im_cpu<E: Real, D: Device<E>>(
+    grads: &mut Gradients<E, D>,
+    x: &Images<E, D>,
+    out: &Tensor<(usize, usize), E, D>,
+    g: &Geometry,
+) {
+    const CPU_ONLY: &str = "im2col_host runs only on the Cpu device";
+    let grads = (grads as &mut dyn Any)
+        .downcast_mut::<Gradients<E, Cpu>>()
+        .expect(CPU_ONLY);
+    let x = (x as &dyn Any)
+        .downcast_ref::<Images<E, Cpu>>()
+        .expect(CPU_ONLY);
+    let out = (out as &dyn Any)
+        .downcast_ref::<Tensor<(usize, usize), E, Cpu>>()
+        .expect(CPU_ONLY);
+    // Both gradients live in the same map: move the output's out while adding into the
+    // input's, then put it back untouched.
+    const ALLOCATED: &str = "both gradients were allocated just before";
+    let g_out = std::mem::take(&mut **grads.get_or_alloc_mut(out).expect(ALLOCATED));
+    let g_x: &mut [E] = grads.get_or_alloc_mut(x).expect(ALLOCATED);
+    for_each_field(g, |row, k, src| {
+        if let Some(i) = src {
+            g_x[i] += g_out[row * g.cols() + k];
+        }
+    });
+    **grads.get_or_alloc_mut(out).expect(ALLOCATED) = g_out;
+}
+
+/// Calls `f(row, col, source)` for every entry of the im2col matrix: `source` is the flat
+/// index into the `(batch, c, h, w)` input, or `None` in the zero padding.
+fn for_each_field(g: &Geometry, mut f: impl FnMut(usize, usize, Option<usize>)) {
+    for b in 0..g.batch {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let row = (b * g.oh + oy) * g.ow + ox;
+                let mut k = 0;
+                for c in 0..g.channels {
+                    let plane = (b * g.channels + c) * g.h * g.w;
+                    for i in 0..g.kh {
+                        let y = g.src(oy, i, g.h);
+                        for j in 0..g.kw {
+                            let src = match (y, g.src(ox, j, g.w)) {
+                                (Some(y), Some(x)) => Some(plane + y * g.w + x),
+                                _ => None,
+                            };
+                            f(row, k, src);
+                            k += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The device-generic im2col: one zero column appended to every `(batch, channel)` plane
+/// (`concat_along`) stands for the padding, then one `gather` picks every receptive field.
+fn im2col_gather<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: Images<E, D, T>,
+    g: &Geometry,
+) -> Result<Tensor<(usize, usize), E, D, T>, D::Err> {
+    let planes = g.batch * g.channels;
+    let hw = g.h * g.w;
+    let dev = x.device().clone();
+    let x = x.try_reshape_like(&(planes, hw))?;
+    let zeros: Tensor<(usize, usize), E, D> = dev.try_zeros_like(&(planes, 1))?;
+    let padded = (x, zeros).try_concat_along(Axis::<1>)?;
+    // Per plane, the fields in output order (oy, ox, i, j); `hw` is the zero column.
+    let per_plane = g.oh * g.ow * g.kh * g.kw;
+    let mut one = Vec::with_capacity(per_plane);
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    one.push(match (g.src(oy, i, g.h), g.src(ox, j, g.w)) {
+                        (Some(y), Some(x)) => y * g.w + x,
+                        _ => hw,
+                    });
+                }
+            }
+        }
+    }
+    let idx: Vec<usize> = std::iter::repeat_n(one, planes).flatten().collect();
+    let idx = dev.try_tensor_from_vec(idx, (planes, per_plane))?;
+    let fields: Tensor<(usize, usize), E, D, T> = padded.try_gather(idx)?;
+    fields
+        .try_reshape_like(&(g.batch, g.channels, g.oh * g.ow, g.kh * g.kw))?
+        .try_permute::<_, Axes4<0, 2, 1, 3>>()?
+        .try_reshape_like(&(g.rows(), g.cols()))
+}
+
+/// The fan-out, in a [`Linear`] that reads a flattened `(channels, h, w)` map, of channel
+/// `c`: the `out * group` weights of its `group = h * w` input columns, ordered `(out, h*w)`;
+/// `None` past the last channel (or when `group` does not divide the input width).
+pub fn linear_in_group<E: Real, D: Device<E>>(
+    linear: &Linear<E, D>,
+    group: usize,
+    c: usize,
+) -> Option<Vec<E>> {
+    let (out, inp) = *linear.weight.shape();
+    if group == 0 || inp % group != 0 || c >= inp / group {
+        return None;
+    }
+    let w = linear.weight.as_vec();
+    let mut v = Vec::with_capacity(out * group);
+    for r in 0..out {
+        v.extend_from_slice(&w[r * inp + c * group..r * inp + (c + 1) * group]);
+    }
+    Some(v)
+}
+
+/// Grows a [`Linear`] that reads a flattened `(channels, h, w)` map by `k` channels of
+/// `group = h * w` input columns each: the consumer side of growing the last convolution's
+/// output channels. Channel-major flattening puts a new channel's columns after all the old
+/// ones, so this appends `k * group` columns at the end of every row.
+///
+/// `fan_out` is unit-major (`k` x `out * group`, each channel's block ordered `(out, h*w)`);
+/// `rescale` lists existing channels whose `group` columns are all multiplied by the factor.
+/// Sizes are checked first; on error nothing changes.
+pub fn grow_linear_inputs_grouped<E: Real, D: Device<E>>(
+    linear: &mut Linear<E, D>,
+    group: usize,
+    fan_out: &[E],
+    rescale: &[(usize, E)],
+) -> Result<(), GrowError> {
+    let (out, inp) = *linear.weight.shape();
+    if group == 0 || inp % group != 0 {
+        return Err(invalid(
+            vec![inp, group],
+            "the group size does not divide the layer's input width",
+        ));
+    }
+    let block = out * group;
+    if fan_out.is_empty() {
+        return Err(GrowError::ZeroUnits);
+    }
+    if block == 0 || fan_out.len() % block != 0 {
+        return Err(GrowError::ShapeMismatch {
+            layer: 0,
+            expected: block,
+            found: fan_out.len(),
+        });
+    }
+    let k = fan_out.len() / block;
+    let channels = inp / group;
+    if let Some(&(c, _)) = rescale.iter().find(|(c, _)| *c >= channels) {
+        return Err(GrowError::ShapeMismatch {
+            layer: 0,
+            expected: channels,
+            found: c,
+        });
+    }
+    let mut old = vec![E::zero(); out * inp];
+    linear.weight.copy_into(&mut old);
+    for &(c, factor) in rescale {
+        for r in 0..out {
+            for v in &mut old[r * inp + c * group..r * inp + (c + 1) * group] {
+                *v *= factor;
+            }
+        }
+    }
+    let width = inp + k * group;
+    let mut w = Vec::with_capacity(out * width);
+    for r in 0..out {
+        w.extend_from_slice(&old[r * inp..(r + 1) * inp]);
+        for unit in 0..k {
+            let src = unit * block + r * group;
+            w.extend_from_slice(&fan_out[src..src + group]);
+        }
+    }
+    linear.weight = linear
+        .weight
+        .device()
+        .clone()
+        .try_tensor_from_vec(w, (out, width))
+        .map_err(GrowError::device)?;
+    Ok(())
+}

@@ -87,14 +87,14 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// Columns of the im2col matrix: one per weight in a row.
-    fn cols(&self) -> usize {
+    /// Rows of an image's im2col matrix: one per weight of an output channel.
+    fn fields(&self) -> usize {
         self.channels * self.kh * self.kw
     }
 
-    /// Rows of the im2col matrix: one per output pixel.
-    fn rows(&self) -> usize {
-        self.batch * self.oh * self.ow
+    /// Columns of an image's im2col matrix: one per output pixel.
+    fn pixels(&self) -> usize {
+        self.oh * self.ow
     }
 
     /// The input coordinate of output `o` at kernel offset `k` on an axis of length `len`, or
@@ -329,24 +329,21 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
         self.project(cols, &g)
     }
 
-    /// `cols (rows, in*kh*kw) @ weight^T + bias`, back to `(batch, out, oh, ow)`.
+    /// `[weight | bias] @ cols[b]` for every image `b` (the last row of `cols[b]` is ones, so
+    /// the product adds the bias), as `(batch, out, oh, ow)`.
     fn project<T: Tape<E, D>>(
         &self,
-        cols: Tensor<(usize, usize), E, D, T>,
+        cols: Tensor<(usize, usize, usize), E, D, T>,
         g: &Geometry,
     ) -> Result<Images<E, D, T>, D::Err> {
         let out = self.out_channels();
-        let y = cols.try_matmul(self.weight.retaped::<T>().try_permute::<_, Axes2<1, 0>>()?)?;
-        let b = self
-            .bias
-            .retaped::<T>()
-            .try_broadcast_like::<_, Axis<0>>(&(g.rows(), out))?;
-        // Rows are (batch, oh, ow): the product is channels-last; a permuted view makes it
-        // (batch, out, oh, ow). Whoever needs it contiguous (the next im2col, `flatten`)
-        // copies it once.
-        y.try_add(b)?
-            .try_reshape_like(&(g.batch, g.oh, g.ow, out))?
-            .try_permute::<_, Axes4<0, 3, 1, 2>>()
+        let bias = self.bias.retaped::<T>().try_reshape_like(&(out, 1))?;
+        let w = (self.weight.retaped::<T>(), bias).try_concat_along(Axis::<1>)?;
+        // A broadcast is a stride-0 view (same tensor id): dfdx's batched matmul adds every
+        // image's gradient straight into the one `[weight | bias]` gradient.
+        w.try_broadcast_like::<_, Axis<0>>(&(g.batch, out, g.fields() + 1))?
+            .try_matmul(cols)?
+            .try_reshape_like(&(g.batch, out, g.oh, g.ow))
     }
 
     /// The fan-in of output channel `u`: its `in_channels * kh * kw` weights, ordered
@@ -532,21 +529,24 @@ pub fn flatten<E: Dtype, D: Device<E>, T: Tape<E, D>>(
 fn im2col_host<E: Real, D: Device<E>, T: Tape<E, D>>(
     x: Images<E, D, T>,
     g: &Geometry,
-) -> Result<Tensor<(usize, usize), E, D, T>, D::Err> {
+) -> Result<Tensor<(usize, usize, usize), E, D, T>, D::Err> {
     // Contiguous, so that the input's data and its gradient are in logical order.
     let x = x.try_contiguous()?;
     let (x, mut tape) = x.split_tape();
-    let mut host = vec![E::zero(); g.batch * g.channels * g.h * g.w];
+    let n = g.batch * g.channels * g.h * g.w;
+    let mut host = vec![E::zero(); n];
     x.copy_into(&mut host);
-    let mut cols = vec![E::zero(); g.rows() * g.cols()];
-    for_each_field(g, |row, k, src| {
-        if let Some(i) = src {
-            cols[row * g.cols() + k] = host[i];
-        }
+    // Written in order, so the buffer is never zeroed first.
+    let mut cols = Vec::with_capacity(g.batch * (g.fields() + 1) * g.pixels());
+    for_each_run(g, |src, run| match src {
+        Run::Input(start, 1) => cols.extend_from_slice(&host[start..start + run]),
+        Run::Input(start, step) => cols.extend((0..run).map(|n| host[start + n * step])),
+        Run::Zeros => cols.extend(std::iter::repeat_n(E::zero(), run)),
+        Run::Ones => cols.extend(std::iter::repeat_n(E::one(), run)),
     });
     let out = x
         .device()
-        .try_tensor_from_vec(cols, (g.rows(), g.cols()))?;
+        .try_tensor_from_vec(cols, (g.batch, g.fields() + 1, g.pixels()))?;
     // dfdx's `GhostTensor` cannot be named outside dfdx (so not downcast): the backward
     // keeps the tensors themselves, which shares their buffers, copies nothing.
     let (x_held, out_held) = (x.clone(), out.clone());
@@ -560,11 +560,11 @@ fn im2col_host<E: Real, D: Device<E>, T: Tape<E, D>>(
     Ok(out.put_tape(tape))
 }
 
-/// Adds each im2col row's gradient back into the input's gradient (both already allocated).
+/// Adds the im2col's gradient back into the input's gradient (both already allocated).
 fn col2im_cpu<E: Real, D: Device<E>>(
     grads: &mut Gradients<E, D>,
     x: &Images<E, D>,
-    out: &Tensor<(usize, usize), E, D>,
+    out: &Tensor<(usize, usize, usize), E, D>,
     g: &Geometry,
 ) {
     const CPU_ONLY: &str = "im2col_host runs only on the Cpu device";
@@ -575,67 +575,103 @@ fn col2im_cpu<E: Real, D: Device<E>>(
         .downcast_ref::<Images<E, Cpu>>()
         .expect(CPU_ONLY);
     let out = (out as &dyn Any)
-        .downcast_ref::<Tensor<(usize, usize), E, Cpu>>()
+        .downcast_ref::<Tensor<(usize, usize, usize), E, Cpu>>()
         .expect(CPU_ONLY);
     // Both gradients live in the same map: move the output's out while adding into the
     // input's, then put it back untouched.
     const ALLOCATED: &str = "both gradients were allocated just before";
     let g_out = std::mem::take(&mut **grads.get_or_alloc_mut(out).expect(ALLOCATED));
     let g_x: &mut [E] = grads.get_or_alloc_mut(x).expect(ALLOCATED);
-    for_each_field(g, |row, k, src| {
-        if let Some(i) = src {
-            g_x[i] += g_out[row * g.cols() + k];
+    let mut at = 0;
+    for_each_run(g, |src, run| {
+        let from = &g_out[at..at + run];
+        match src {
+            Run::Input(start, 1) => {
+                for (d, s) in g_x[start..start + run].iter_mut().zip(from) {
+                    *d += *s;
+                }
+            }
+            Run::Input(start, step) => {
+                for (n, s) in from.iter().enumerate() {
+                    g_x[start + n * step] += *s;
+                }
+            }
+            Run::Zeros | Run::Ones => {}
         }
+        at += run;
     });
     **grads.get_or_alloc_mut(out).expect(ALLOCATED) = g_out;
 }
 
-/// Calls `f(row, col, source)` for every entry of the im2col matrix: `source` is the flat
-/// index into the `(batch, c, h, w)` input, or `None` in the zero padding.
-fn for_each_field(g: &Geometry, mut f: impl FnMut(usize, usize, Option<usize>)) {
+/// Where a run of consecutive im2col entries comes from.
+#[derive(Clone, Copy, Debug)]
+enum Run {
+    /// The flat `(batch, c, h, w)` input at `start, start + step, ...`.
+    Input(usize, usize),
+    /// The zero padding.
+    Zeros,
+    /// The ones row that carries the bias.
+    Ones,
+}
+
+/// Walks the im2col matrix `(batch, c * kh * kw + 1, oh * ow)` in memory order, calling
+/// `f(source, run)` for runs of consecutive output pixels on one output row; each image's
+/// last row is ones (the bias).
+fn for_each_run(g: &Geometry, mut f: impl FnMut(Run, usize)) {
     for b in 0..g.batch {
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                let row = (b * g.oh + oy) * g.ow + ox;
-                let mut k = 0;
-                for c in 0..g.channels {
-                    let plane = (b * g.channels + c) * g.h * g.w;
-                    for i in 0..g.kh {
-                        let y = g.src(oy, i, g.h);
-                        for j in 0..g.kw {
-                            let src = match (y, g.src(ox, j, g.w)) {
-                                (Some(y), Some(x)) => Some(plane + y * g.w + x),
-                                _ => None,
-                            };
-                            f(row, k, src);
-                            k += 1;
+        for c in 0..g.channels {
+            let plane = (b * g.channels + c) * g.h * g.w;
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    // The output columns whose input column `ox * stride + j - pad` exists.
+                    let lo = g.pad.saturating_sub(j).div_ceil(g.stride).min(g.ow);
+                    let hi = (g.w + g.pad)
+                        .saturating_sub(j)
+                        .div_ceil(g.stride)
+                        .clamp(lo, g.ow);
+                    for oy in 0..g.oh {
+                        let Some(y) = g.src(oy, i, g.h) else {
+                            f(Run::Zeros, g.ow);
+                            continue;
+                        };
+                        if lo > 0 {
+                            f(Run::Zeros, lo);
+                        }
+                        if hi > lo {
+                            let x0 = lo * g.stride + j - g.pad;
+                            f(Run::Input(plane + y * g.w + x0, g.stride), hi - lo);
+                        }
+                        if hi < g.ow {
+                            f(Run::Zeros, g.ow - hi);
                         }
                     }
                 }
             }
         }
+        f(Run::Ones, g.pixels());
     }
 }
 
 /// The device-generic im2col: one zero column appended to every `(batch, channel)` plane
-/// (`concat_along`) stands for the padding, then one `gather` picks every receptive field.
+/// (`concat_along`) stands for the padding, then one `gather` picks every receptive field,
+/// already in the im2col's order, and a row of ones is appended to every image.
 fn im2col_gather<E: Real, D: Device<E>, T: Tape<E, D>>(
     x: Images<E, D, T>,
     g: &Geometry,
-) -> Result<Tensor<(usize, usize), E, D, T>, D::Err> {
+) -> Result<Tensor<(usize, usize, usize), E, D, T>, D::Err> {
     let planes = g.batch * g.channels;
     let hw = g.h * g.w;
     let dev = x.device().clone();
     let x = x.try_reshape_like(&(planes, hw))?;
     let zeros: Tensor<(usize, usize), E, D> = dev.try_zeros_like(&(planes, 1))?;
     let padded = (x, zeros).try_concat_along(Axis::<1>)?;
-    // Per plane, the fields in output order (oy, ox, i, j); `hw` is the zero column.
-    let per_plane = g.oh * g.ow * g.kh * g.kw;
+    // Per plane, the fields in im2col order (i, j, oy, ox); `hw` is the zero column.
+    let per_plane = g.kh * g.kw * g.pixels();
     let mut one = Vec::with_capacity(per_plane);
-    for oy in 0..g.oh {
-        for ox in 0..g.ow {
-            for i in 0..g.kh {
-                for j in 0..g.kw {
+    for i in 0..g.kh {
+        for j in 0..g.kw {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
                     one.push(match (g.src(oy, i, g.h), g.src(ox, j, g.w)) {
                         (Some(y), Some(x)) => y * g.w + x,
                         _ => hw,
@@ -647,10 +683,12 @@ fn im2col_gather<E: Real, D: Device<E>, T: Tape<E, D>>(
     let idx: Vec<usize> = std::iter::repeat_n(one, planes).flatten().collect();
     let idx = dev.try_tensor_from_vec(idx, (planes, per_plane))?;
     let fields: Tensor<(usize, usize), E, D, T> = padded.try_gather(idx)?;
-    fields
-        .try_reshape_like(&(g.batch, g.channels, g.oh * g.ow, g.kh * g.kw))?
-        .try_permute::<_, Axes4<0, 2, 1, 3>>()?
-        .try_reshape_like(&(g.rows(), g.cols()))
+    let ones: Tensor<(usize, usize, usize), E, D> = dev.try_ones_like(&(g.batch, 1, g.pixels()))?;
+    (
+        fields.try_reshape_like(&(g.batch, g.fields(), g.pixels()))?,
+        ones,
+    )
+        .try_concat_along(Axis::<1>)
 }
 
 /// The fan-out, in a [`Linear`] that reads a flattened `(channels, h, w)` map, of channel

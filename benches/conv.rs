@@ -148,19 +148,33 @@ impl Torch {
         ))
     }
 
-    fn step(&mut self) -> Phases {
-        writeln!(self.stdin, "step").expect("the PyTorch child takes requests");
-        self.stdin.flush().expect("the PyTorch child takes requests");
+    /// Sends one request, returns the numbers of the answer.
+    fn ask(&mut self, request: &str, numbers: usize) -> Vec<f64> {
+        writeln!(self.stdin, "{request}").expect("the PyTorch child takes requests");
+        self.stdin
+            .flush()
+            .expect("the PyTorch child takes requests");
         let mut line = String::new();
         self.stdout
             .read_line(&mut line)
             .expect("the PyTorch child answers");
         let t: Vec<f64> = line
             .split_whitespace()
-            .map(|s| s.parse().expect("three times in seconds"))
+            .map(|s| s.parse().expect("times in seconds"))
             .collect();
-        assert_eq!(t.len(), 3, "the PyTorch child answered {line:?}");
+        assert_eq!(t.len(), numbers, "the PyTorch child answered {line:?}");
+        t
+    }
+
+    fn step(&mut self) -> Phases {
+        let t = self.ask("step", 3);
         [0, 1, 2].map(|i| Duration::from_secs_f64(t[i]))
+    }
+
+    /// `(wall, cpu)` seconds per step over `n` steps back to back.
+    fn cpu_steps(&mut self, n: usize) -> (f64, f64) {
+        let t = self.ask(&format!("cpu {n}"), 2);
+        (t[0], t[1])
     }
 }
 
@@ -194,7 +208,14 @@ fn split_table(title: &str, rows: &[(&str, &RefCell<Vec<Phases>>)]) {
     println!("|---|---:|---:|---:|---:|");
     for (name, log) in rows {
         let log = log.borrow();
-        let med = |k: usize| median(log[WARMUP..].iter().map(|p| p[k].as_secs_f64() * 1e3).collect());
+        let med = |k: usize| {
+            median(
+                log[WARMUP..]
+                    .iter()
+                    .map(|p| p[k].as_secs_f64() * 1e3)
+                    .collect(),
+            )
+        };
         let (f, b, u) = (med(0), med(1), med(2));
         println!("| {name} | {f:.3} | {b:.3} | {u:.3} | {:.3} |", f + b + u);
     }
@@ -204,31 +225,20 @@ fn split_table(title: &str, rows: &[(&str, &RefCell<Vec<Phases>>)]) {
 fn compare_with_torch(dev: &Cpu) {
     let (x, y) = data(dev);
     let mut ours = Cnn::new(dev);
-    let mut portable = ours.clone();
-    let cfg = AdamConfig {
-        lr: 1e-3,
-        ..Default::default()
-    };
-    let mut opt = Adam::<f32>::new(cfg.clone()).unwrap();
-    let mut popt = Adam::<f32>::new(cfg).unwrap();
-    let torch = Torch::spawn();
-    let logs: Vec<RefCell<Vec<Phases>>> = (0..3).map(|_| RefCell::new(vec![])).collect();
+    let mut opt = adam();
+    let mut torch = Torch::spawn();
+    let logs: Vec<RefCell<Vec<Phases>>> = (0..2).map(|_| RefCell::new(vec![])).collect();
     let names = [
         "PyTorch CNN + torch.optim.Adam (child process)",
         "dfdx-grow Conv2d CNN + optim::Adam",
-        "dfdx-grow Conv2d CNN, portable im2col (concat_along + gather)",
     ];
     let mut cases = Vec::new();
-    let mut torch_version = None;
-    if let Some((mut t, version)) = torch {
-        torch_version = Some(version);
+    let torch_version = torch.as_ref().map(|(_, v)| v.clone());
+    if let Some((t, _)) = torch.as_mut() {
         cases.push(logged(names[0], &logs[0], move || t.step()));
     }
     cases.push(logged(names[1], &logs[1], || {
         step(&mut ours, &mut opt, &x, &y, false)
-    }));
-    cases.push(logged(names[2], &logs[2], || {
-        step(&mut portable, &mut popt, &x, &y, true)
     }));
     let s = compare(&mut cases, 0, WARMUP, reps(40));
     drop(cases);
@@ -247,6 +257,80 @@ fn compare_with_torch(dev: &Cpu) {
         .filter(|(_, l)| !l.borrow().is_empty())
         .collect();
     split_table("(b) CNN: where the step's time goes (medians)", &rows);
+
+    // CPU time per step, each side running back to back (not interleaved): on a machine
+    // shared with other jobs, wall times measure the load as much as the step.
+    let n = reps(40) * 5;
+    println!("### (c) CPU time per step, {n} steps back to back each (not interleaved)\n");
+    println!("| case | wall ms/step | CPU ms/step | CPU ratio vs PyTorch |");
+    println!("|---|---:|---:|---:|");
+    let (w0, c0) = (Instant::now(), cpu_seconds());
+    for _ in 0..n {
+        step(&mut ours, &mut opt, &x, &y, false);
+    }
+    let wall = w0.elapsed().as_secs_f64() / n as f64;
+    let ours_cpu = cpu_seconds().zip(c0).map(|(c1, c0)| (c1 - c0) / n as f64);
+    let torch_cpu = torch.as_mut().map(|(t, _)| t.cpu_steps(n));
+    let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{:.3}", v * 1e3));
+    if let Some((tw, tc)) = torch_cpu {
+        println!(
+            "| {} | {:.3} | {:.3} | 1.00 |",
+            names[0],
+            tw * 1e3,
+            tc * 1e3
+        );
+    }
+    println!(
+        "| {} | {:.3} | {} | {} |",
+        names[1],
+        wall * 1e3,
+        show(ours_cpu),
+        ours_cpu
+            .zip(torch_cpu)
+            .map_or("n/a".into(), |(o, (_, t))| format!("{:.2}", o / t))
+    );
+    println!();
+}
+
+fn adam() -> Adam<f32> {
+    Adam::new(AdamConfig {
+        lr: 1e-3,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// The two im2col paths of `Conv2d` in the same CNN step. Run after the PyTorch comparison:
+/// the portable path's large allocations change glibc's heap thresholds for the rest of the
+/// process, which makes the other case's step cheaper than in a process of its own.
+fn compare_portable(dev: &Cpu) {
+    let (x, y) = data(dev);
+    let mut ours = Cnn::new(dev);
+    let mut portable = ours.clone();
+    let (mut opt, mut popt) = (adam(), adam());
+    let names = [
+        "dfdx-grow Conv2d CNN + optim::Adam (host im2col, the Cpu path)",
+        "dfdx-grow Conv2d CNN, portable im2col (concat_along + gather)",
+    ];
+    let mut cases = vec![
+        part(names[0], || {
+            step(&mut ours, &mut opt, &x, &y, false).iter().sum()
+        }),
+        part(names[1], || {
+            step(&mut portable, &mut popt, &x, &y, true).iter().sum()
+        }),
+    ];
+    let s = compare(&mut cases, 0, WARMUP, reps(40));
+    table("(d) the two im2col paths, one Adam step", names[0], &s);
+}
+
+/// This process's CPU time (user + system) in seconds, from `/proc/self/stat` (Linux; in
+/// USER_HZ = 100 ticks per second).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// A conv's forward + backward (`loss = sum(y * r)`, input traced as inside a network),
@@ -276,9 +360,12 @@ fn anatomy(dev: &Cpu) {
             let y = conv.forward(x.clone().traced(grads));
             let _ = (y * r1.clone()).sum().backward();
         }));
-        cases.push(whole(&format!("{name}: forward only (untraced)"), move || {
-            let _ = conv.forward(x.clone());
-        }));
+        cases.push(whole(
+            &format!("{name}: forward only (untraced)"),
+            move || {
+                let _ = conv.forward(x.clone());
+            },
+        ));
         cases.push(whole(
             &format!("{name}: the product alone (im2col matrix given), forward + backward"),
             move || {
@@ -295,7 +382,7 @@ fn anatomy(dev: &Cpu) {
     }
     let s = compare(&mut cases, 0, WARMUP, reps(40));
     table(
-        "(c) one convolution at a time (f32, batch 64)",
+        "(e) one convolution at a time (f32, batch 64)",
         &s[0].name.clone(),
         &s,
     );
@@ -305,5 +392,6 @@ fn main() {
     header("conv: one Adam step of a small CNN, batch 64, cross-entropy, f32");
     let dev = Cpu::default();
     compare_with_torch(&dev);
+    compare_portable(&dev);
     anatomy(&dev);
 }

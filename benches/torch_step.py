@@ -150,14 +150,25 @@ def cnn_case(log):
 
 
 def serve_cnn():
-    """One CNN step per line of stdin; prints `forward backward update` seconds."""
+    """Per line of stdin: `step` runs one CNN step and prints `forward backward update`
+    seconds; `cpu N` runs N steps back to back and prints `wall cpu` seconds per step (CPU
+    time of this process, which the machine's other load does not inflate)."""
     torch.set_num_threads(threads())
     log = []
     run = cnn_case(log)
     print(f"ready torch {torch.__version__} threads {torch.get_num_threads()}", flush=True)
-    for _ in sys.stdin:
-        run()
-        print(" ".join(repr(t) for t in log[-1]), flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if words[:1] == ["cpu"]:
+            n = int(words[1])
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(n):
+                run()
+            w1, c1 = time.perf_counter(), time.process_time()
+            print(f"{(w1 - w0) / n!r} {(c1 - c0) / n!r}", flush=True)
+        else:
+            run()
+            print(" ".join(repr(t) for t in log[-1]), flush=True)
 
 
 def split_table(title, rows, warmup):

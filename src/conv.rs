@@ -1,15 +1,19 @@
 //! A 2-D convolution whose channel counts are decided at run time, so it can grow.
 //!
 //! dfdx 0.13 compiles its own `conv2d` op and `nn::Conv2D` only with its `nightly` feature.
-//! This layer is built from what stable dfdx offers: an im2col that lays every receptive field
-//! out as a row, then one dfdx `matmul` with the weight, so the products (and most of the time)
-//! go through dfdx's gemm and autograd through dfdx's tape.
+//! This layer is built from what stable dfdx offers. Per image, an im2col lays the receptive
+//! fields out as a `(in_channels * kh * kw + 1, oh * ow)` matrix (one column per output pixel;
+//! the last row is ones), and one batched dfdx `matmul` with `[weight | bias]`
+//! (`(out, in * kh * kw + 1)`, broadcast over the batch) gives the `(out, oh * ow)` output:
+//! already in `(batch, channels, h, w)` order, with the bias added by the product itself. The
+//! products, most of the time, go through dfdx's gemm, and autograd through dfdx's tape.
 //!
-//! The im2col itself has two implementations with the same result:
+//! The im2col has two implementations with the same result:
 //! - on the `Cpu` device, a host loop registered as one op on dfdx's tape (its backward adds
-//!   each row back into the input's gradient);
-//! - on any other device, dfdx's own `concat_along` (the zero padding) and `gather` (the
-//!   receptive fields), which are device-generic but run element by element on the CPU.
+//!   the im2col's gradient back into the input's), which copies runs of pixels;
+//! - on any other device, dfdx's own `concat_along` (the zero padding, the ones row) and
+//!   `gather` (the receptive fields): device-generic, but 2-3x slower per training step on the
+//!   CPU, where dfdx's gather walks its index one element at a time.
 //!
 //! Slices were not used: dfdx 0.13's `slice` backward *assigns* the incoming gradient instead
 //! of adding it, so overlapping slices of one tensor (every kernel offset of a convolution)
@@ -26,7 +30,7 @@
 //!   channel index is the slowest within a row), and nothing to the bias.
 //!
 //! So growth only appends rows and columns, which is what the growth-aware optimizers assume
-//! when they pad their state, and the weight is already the matrix the im2col product needs.
+//! when they pad their state, and the weight is already the matrix the product needs.
 
 use std::any::{Any, TypeId};
 
@@ -70,6 +74,9 @@ pub struct Conv2d<E: Dtype, D: Device<E>> {
     stride: usize,
     padding: usize,
 }
+
+/// The im2col of a batch: per image, `(in_channels * kh * kw + 1, oh * ow)`.
+type Cols<E, D, T = NoneTape> = Tensor<(usize, usize, usize), E, D, T>;
 
 /// Everything the im2col needs to know about one forward call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -333,7 +340,7 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
     /// the product adds the bias), as `(batch, out, oh, ow)`.
     fn project<T: Tape<E, D>>(
         &self,
-        cols: Tensor<(usize, usize, usize), E, D, T>,
+        cols: Cols<E, D, T>,
         g: &Geometry,
     ) -> Result<Images<E, D, T>, D::Err> {
         let out = self.out_channels();
@@ -385,9 +392,9 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
         if k == 0 {
             return Err(GrowError::ZeroUnits);
         }
-        let expected = k.checked_mul(cols).ok_or_else(|| {
-            invalid(vec![k, cols], "the new fan-in's size overflows usize")
-        })?;
+        let expected = k
+            .checked_mul(cols)
+            .ok_or_else(|| invalid(vec![k, cols], "the new fan-in's size overflows usize"))?;
         if fan_in.len() != expected {
             return Err(GrowError::ShapeMismatch {
                 layer: 0,
@@ -432,7 +439,7 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
         if fan_out.is_empty() {
             return Err(GrowError::ZeroUnits);
         }
-        if block == 0 || fan_out.len() % block != 0 {
+        if block == 0 || !fan_out.len().is_multiple_of(block) {
             return Err(GrowError::ShapeMismatch {
                 layer: 0,
                 expected: block,
@@ -529,7 +536,7 @@ pub fn flatten<E: Dtype, D: Device<E>, T: Tape<E, D>>(
 fn im2col_host<E: Real, D: Device<E>, T: Tape<E, D>>(
     x: Images<E, D, T>,
     g: &Geometry,
-) -> Result<Tensor<(usize, usize, usize), E, D, T>, D::Err> {
+) -> Result<Cols<E, D, T>, D::Err> {
     // Contiguous, so that the input's data and its gradient are in logical order.
     let x = x.try_contiguous()?;
     let (x, mut tape) = x.split_tape();
@@ -564,7 +571,7 @@ fn im2col_host<E: Real, D: Device<E>, T: Tape<E, D>>(
 fn col2im_cpu<E: Real, D: Device<E>>(
     grads: &mut Gradients<E, D>,
     x: &Images<E, D>,
-    out: &Tensor<(usize, usize, usize), E, D>,
+    out: &Cols<E, D>,
     g: &Geometry,
 ) {
     const CPU_ONLY: &str = "im2col_host runs only on the Cpu device";
@@ -575,7 +582,7 @@ fn col2im_cpu<E: Real, D: Device<E>>(
         .downcast_ref::<Images<E, Cpu>>()
         .expect(CPU_ONLY);
     let out = (out as &dyn Any)
-        .downcast_ref::<Tensor<(usize, usize, usize), E, Cpu>>()
+        .downcast_ref::<Cols<E, Cpu>>()
         .expect(CPU_ONLY);
     // Both gradients live in the same map: move the output's out while adding into the
     // input's, then put it back untouched.
@@ -658,7 +665,7 @@ fn for_each_run(g: &Geometry, mut f: impl FnMut(Run, usize)) {
 fn im2col_gather<E: Real, D: Device<E>, T: Tape<E, D>>(
     x: Images<E, D, T>,
     g: &Geometry,
-) -> Result<Tensor<(usize, usize, usize), E, D, T>, D::Err> {
+) -> Result<Cols<E, D, T>, D::Err> {
     let planes = g.batch * g.channels;
     let hw = g.h * g.w;
     let dev = x.device().clone();
@@ -683,7 +690,7 @@ fn im2col_gather<E: Real, D: Device<E>, T: Tape<E, D>>(
     let idx: Vec<usize> = std::iter::repeat_n(one, planes).flatten().collect();
     let idx = dev.try_tensor_from_vec(idx, (planes, per_plane))?;
     let fields: Tensor<(usize, usize), E, D, T> = padded.try_gather(idx)?;
-    let ones: Tensor<(usize, usize, usize), E, D> = dev.try_ones_like(&(g.batch, 1, g.pixels()))?;
+    let ones: Cols<E, D> = dev.try_ones_like(&(g.batch, 1, g.pixels()))?;
     (
         fields.try_reshape_like(&(g.batch, g.fields(), g.pixels()))?,
         ones,
@@ -736,7 +743,7 @@ pub fn grow_linear_inputs_grouped<E: Real, D: Device<E>>(
     if fan_out.is_empty() {
         return Err(GrowError::ZeroUnits);
     }
-    if block == 0 || fan_out.len() % block != 0 {
+    if block == 0 || !fan_out.len().is_multiple_of(block) {
         return Err(GrowError::ShapeMismatch {
             layer: 0,
             expected: block,

@@ -1312,3 +1312,46 @@ fn adam_trains_a_cnn_through_growth_and_new_fan_out_gets_gradient() {
     }
     assert!(step(&mut cnn, &mut opt).0 < first);
 }
+
+#[test]
+fn a_permuted_non_contiguous_input_gives_the_same_values_and_gradients() {
+    // Channels-last data viewed as (batch, c, h, w): the layer copies it to contiguous first,
+    // and the gradient flows back to the channels-last tensor.
+    let mut rng = rng(100);
+    let dev = Cpu::default();
+    for _ in 0..30 {
+        let case = Case::random(&mut rng);
+        let (oh, ow) = case.out_hw();
+        let r = uniform(case.b * case.o * oh * ow, &mut rng);
+        let (y, dx, dw, db) = case.reference(&r);
+        let (b, c, h, w) = (case.b, case.c, case.h, case.w);
+        let mut nhwc = vec![0.0; case.x.len()];
+        for (i, v) in case.x.iter().enumerate() {
+            let (bi, ci, yi, xi) = (i / (c * h * w), i / (h * w) % c, i / w % h, i % w);
+            nhwc[((bi * h + yi) * w + xi) * c + ci] = *v;
+        }
+        let src: Tensor<(usize, usize, usize, usize), f64, Cpu> =
+            dev.tensor_from_vec(nhwc, (b, h, w, c));
+        let conv = case.conv::<f64>(&dev);
+        for path in [Path::Module, Path::Portable] {
+            let grads = conv.try_alloc_grads().unwrap();
+            let x = src.clone().traced(grads).permute::<_, Axes4<0, 3, 1, 2>>();
+            let out = match path {
+                Path::Module => conv.forward(x),
+                Path::Portable => conv.forward_portable(x).unwrap(),
+            };
+            assert!(rel_err(&out.as_vec(), &y) <= 1e-12);
+            let rt: Images<f64, Cpu> = dev.tensor_from_vec(r.clone(), (b, case.o, oh, ow));
+            let g = (out * rt).sum().backward();
+            let g_nhwc = g.get(&src).as_vec();
+            let mut g_nchw = vec![0.0; g_nhwc.len()];
+            for (i, v) in g_nchw.iter_mut().enumerate() {
+                let (bi, ci, yi, xi) = (i / (c * h * w), i / (h * w) % c, i / w % h, i % w);
+                *v = g_nhwc[((bi * h + yi) * w + xi) * c + ci];
+            }
+            assert!(rel_err(&g_nchw, &dx) <= 1e-12, "{path:?}");
+            assert!(rel_err(&g.get(conv.weight()).as_vec(), &dw) <= 1e-12);
+            assert!(rel_err(&g.get(conv.bias()).as_vec(), &db) <= 1e-12);
+        }
+    }
+}

@@ -19,7 +19,9 @@ use common::*;
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
 use dfdx_grow::rand::{rngs::StdRng, Rng, SeedableRng};
-use dfdx_grow::{flatten, Conv2d, Images, Linear, Matrix, ParamMut, ParamRef, Params};
+use dfdx_grow::{
+    scoped, scoped_mut, Conv2d, FlatLinear, Images, Matrix, ParamMut, ParamRef, Params,
+};
 
 const B: usize = 64;
 const WARMUP: usize = 3;
@@ -31,7 +33,7 @@ type Phases = [Duration; 3];
 struct Cnn {
     c1: Conv2d<f32, Cpu>,
     c2: Conv2d<f32, Cpu>,
-    fc: Linear<f32, Cpu>,
+    fc: FlatLinear<f32, Cpu>,
 }
 
 impl Cnn {
@@ -40,7 +42,7 @@ impl Cnn {
         Self {
             c1: Conv2d::new(1, 8, 3, 1, 0, dev, &mut rng).unwrap(),
             c2: Conv2d::new(8, 16, 3, 2, 0, dev, &mut rng).unwrap(),
-            fc: Linear::new(16 * 12 * 12, 10, dev, &mut rng).unwrap(),
+            fc: FlatLinear::new(16, (12, 12), 10, dev, &mut rng).unwrap(),
         }
     }
 
@@ -58,21 +60,21 @@ impl Cnn {
         };
         let a = conv(&self.c1, x).relu();
         let b = conv(&self.c2, a).relu();
-        self.fc.forward(flatten(b))
+        self.fc.forward(b)
     }
 }
 
 impl Params<f32, Cpu> for Cnn {
-    fn visit(&self, f: &mut dyn FnMut(ParamRef<'_, f32, Cpu>)) {
-        self.c1.visit(f);
-        self.c2.visit(f);
-        self.fc.visit(f);
+    fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, f32, Cpu>)) {
+        self.c1.visit(&mut scoped("c1", f));
+        self.c2.visit(&mut scoped("c2", f));
+        self.fc.visit(&mut scoped("fc", f));
     }
 
-    fn visit_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_, f32, Cpu>)) {
-        self.c1.visit_mut(f);
-        self.c2.visit_mut(f);
-        self.fc.visit_mut(f);
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, f32, Cpu>)) {
+        self.c1.visit_mut(&mut scoped_mut("c1", f));
+        self.c2.visit_mut(&mut scoped_mut("c2", f));
+        self.fc.visit_mut(&mut scoped_mut("fc", f));
     }
 }
 

@@ -37,9 +37,11 @@ use std::any::{Any, TypeId};
 use dfdx::prelude::*;
 use rand::Rng;
 
-use crate::linear::{fan_in_bound, uniform};
+use crate::expandable::fan_in_bound;
+use crate::linear::uniform;
+use crate::params::l2_norm;
 use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
-use crate::{GrowError, Linear, Real};
+use crate::{Expandable, GrowError, Linear, Real};
 
 /// A batch of images, `(batch, channels, height, width)`.
 pub type Images<E, D, T = NoneTape> = Tensor<(usize, usize, usize, usize), E, D, T>;
@@ -201,7 +203,7 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
         }
         if bias.shape().0 != out {
             return Err(GrowError::ShapeMismatch {
-                layer: 0,
+                what: "Conv2d bias".into(),
                 expected: out,
                 found: bias.shape().0,
             });
@@ -269,6 +271,15 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
         ))
     }
 
+    /// The FLOPs of a forward pass of one `(h, w)` image: the products and the bias, or `None`
+    /// when the kernel does not fit.
+    pub fn forward_flops(&self, h: usize, w: usize) -> Option<f64> {
+        let (oh, ow) = self.output_size(h, w)?;
+        let pixels = oh as f64 * ow as f64;
+        let out = self.out_channels() as f64;
+        Some(pixels * out * (2.0 * self.unit_fan_in() as f64 + 1.0))
+    }
+
     /// Whether this layer can take an input of `shape` (`(batch, channels, height, width)`);
     /// returns the output's `(height, width)`. The forward pass panics where this fails.
     pub fn check_input(
@@ -278,7 +289,7 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
         let &(b, c, h, w) = shape;
         if c != self.in_channels() {
             return Err(GrowError::ShapeMismatch {
-                layer: 0,
+                what: "Conv2d input channels".into(),
                 expected: self.in_channels(),
                 found: c,
             });
@@ -397,7 +408,7 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
             .ok_or_else(|| invalid(vec![k, cols], "the new fan-in's size overflows usize"))?;
         if fan_in.len() != expected {
             return Err(GrowError::ShapeMismatch {
-                layer: 0,
+                what: "Conv2d new output channels' fan-in".into(),
                 expected,
                 found: fan_in.len(),
             });
@@ -441,7 +452,7 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
         }
         if block == 0 || !fan_out.len().is_multiple_of(block) {
             return Err(GrowError::ShapeMismatch {
-                layer: 0,
+                what: "Conv2d new input channels' fan-out (a multiple of out * kh * kw)".into(),
                 expected: block,
                 found: fan_out.len(),
             });
@@ -450,7 +461,7 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
         let in_c = cols / area;
         if let Some(&(c, _)) = rescale.iter().find(|(c, _)| *c >= in_c) {
             return Err(GrowError::ShapeMismatch {
-                layer: 0,
+                what: "Conv2d rescaled input channel (below the input channels)".into(),
                 expected: in_c,
                 found: c,
             });
@@ -493,14 +504,72 @@ fn check_hyper(kernel: (usize, usize), stride: usize) -> Result<(), String> {
 }
 
 impl<E: Dtype, D: Device<E>> Params<E, D> for Conv2d<E, D> {
-    fn visit(&self, f: &mut dyn FnMut(ParamRef<'_, E, D>)) {
-        f(ParamRef::Matrix(&self.weight));
-        f(ParamRef::Vector(&self.bias));
+    /// `"weight"` (a `(out, in * kh * kw)` matrix) and `"bias"`.
+    fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, E, D>)) {
+        f("weight", ParamRef::Matrix(&self.weight));
+        f("bias", ParamRef::Vector(&self.bias));
     }
 
-    fn visit_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_, E, D>)) {
-        f(ParamMut::Matrix(&mut self.weight));
-        f(ParamMut::Vector(&mut self.bias));
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, E, D>)) {
+        f("weight", ParamMut::Matrix(&mut self.weight));
+        f("bias", ParamMut::Vector(&mut self.bias));
+    }
+}
+
+/// Units are channels: an output unit's fan-in is its `in_channels * kh * kw` weights
+/// (ordered `(in_channel, kh, kw)`), an input unit's fan-out the `out_channels * kh * kw`
+/// weights that read it (ordered `(out_channel, kh, kw)`). The default init bound,
+/// `1 / sqrt(in_channels * kh * kw)`, is PyTorch's for `nn.Conv2d`.
+impl<E: Real, D: Device<E>> Expandable<E> for Conv2d<E, D> {
+    fn in_width(&self) -> usize {
+        self.in_channels()
+    }
+
+    fn out_width(&self) -> usize {
+        self.out_channels()
+    }
+
+    fn unit_fan_in(&self) -> usize {
+        self.weight.shape().1
+    }
+
+    fn unit_fan_out(&self) -> usize {
+        self.out_channels() * self.kernel_area()
+    }
+
+    fn output_unit(&self, unit: usize) -> Option<(Vec<E>, E)> {
+        self.out_channel(unit)
+    }
+
+    fn input_column(&self, unit: usize) -> Option<Vec<E>> {
+        self.in_channel(unit)
+    }
+
+    fn output_norms(&self) -> Vec<f64> {
+        let (w, b) = (self.weight.as_vec(), self.bias.as_vec());
+        w.chunks(self.unit_fan_in().max(1))
+            .zip(&b)
+            .map(|(row, b)| l2_norm(row).hypot(b.to_f64().unwrap_or(f64::NAN)))
+            .collect()
+    }
+
+    fn input_norms(&self) -> Vec<f64> {
+        let (w, cols, area) = (self.weight.as_vec(), self.unit_fan_in(), self.kernel_area());
+        let mut sums = vec![0.0f64; self.in_channels()];
+        for row in w.chunks(cols.max(1)) {
+            for (s, block) in sums.iter_mut().zip(row.chunks(area)) {
+                *s += l2_norm(block).powi(2);
+            }
+        }
+        sums.into_iter().map(f64::sqrt).collect()
+    }
+
+    fn grow_outputs(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
+        self.grow_out_channels(fan_in, bias)
+    }
+
+    fn grow_inputs(&mut self, fan_out: &[E], rescale: &[(usize, E)]) -> Result<(), GrowError> {
+        self.grow_in_channels(fan_out, rescale)
     }
 }
 
@@ -698,90 +767,184 @@ fn im2col_gather<E: Real, D: Device<E>, T: Tape<E, D>>(
         .try_concat_along(Axis::<1>)
 }
 
-/// The fan-out, in a [`Linear`] that reads a flattened `(channels, h, w)` map, of channel
-/// `c`: the `out * group` weights of its `group = h * w` input columns, ordered `(out, h*w)`;
-/// `None` past the last channel (or when `group` does not divide the input width).
-pub fn linear_in_group<E: Real, D: Device<E>>(
-    linear: &Linear<E, D>,
-    group: usize,
-    c: usize,
-) -> Option<Vec<E>> {
-    let (out, inp) = *linear.weight.shape();
-    if group == 0 || inp % group != 0 || c >= inp / group {
-        return None;
-    }
-    let w = linear.weight.as_vec();
-    let mut v = Vec::with_capacity(out * group);
-    for r in 0..out {
-        v.extend_from_slice(&w[r * inp + c * group..r * inp + (c + 1) * group]);
-    }
-    Some(v)
+/// A [`Linear`] over flattened `(channels, h, w)` feature maps: [`flatten`], then the
+/// product. Its input units are the channels, each `h * w` weight columns (channel-major, as
+/// `flatten` lays them out), so it can read a convolution's channel site: a new channel
+/// appends `h * w` columns at the end of every row, its fan-out is `out * h * w` weights.
+///
+/// ```
+/// use dfdx_grow::dfdx::prelude::*;
+/// use dfdx_grow::rand::{rngs::StdRng, SeedableRng};
+/// use dfdx_grow::{grow_between, Conv2d, Expandable, FlatLinear, Init};
+///
+/// let (dev, mut rng) = (Cpu::default(), StdRng::seed_from_u64(0));
+/// let mut conv = Conv2d::<f64, Cpu>::new(1, 4, 3, 1, 0, &dev, &mut rng).unwrap();
+/// let mut head = FlatLinear::new(4, (6, 6), 10, &dev, &mut rng).unwrap();
+/// let x = dev.sample_normal_like(&(2, 1, 8, 8));
+/// let before = head.forward(conv.forward(x.clone()).relu()).as_vec();
+/// grow_between(&mut conv, &mut head, 2, &Init::ZerosOut, &mut rng).unwrap();
+/// assert_eq!((head.in_width(), head.linear().weight.shape().1), (6, 6 * 36));
+/// let after = head.forward(conv.forward(x).relu()).as_vec();
+/// assert!(before.iter().zip(&after).all(|(a, b)| (a - b).abs() < 1e-12));
+/// ```
+#[derive(Clone, Debug)]
+pub struct FlatLinear<E: Dtype, D: Device<E>> {
+    linear: Linear<E, D>,
+    map: (usize, usize),
 }
 
-/// Grows a [`Linear`] that reads a flattened `(channels, h, w)` map by `k` channels of
-/// `group = h * w` input columns each: the consumer side of growing the last convolution's
-/// output channels. Channel-major flattening puts a new channel's columns after all the old
-/// ones, so this appends `k * group` columns at the end of every row.
-///
-/// `fan_out` is unit-major (`k` x `out * group`, each channel's block ordered `(out, h*w)`);
-/// `rescale` lists existing channels whose `group` columns are all multiplied by the factor.
-/// Sizes are checked first; on error nothing changes.
-pub fn grow_linear_inputs_grouped<E: Real, D: Device<E>>(
-    linear: &mut Linear<E, D>,
-    group: usize,
-    fan_out: &[E],
-    rescale: &[(usize, E)],
-) -> Result<(), GrowError> {
-    let (out, inp) = *linear.weight.shape();
-    if group == 0 || inp % group != 0 {
-        return Err(invalid(
-            vec![inp, group],
-            "the group size does not divide the layer's input width",
-        ));
+impl<E: Real, D: Device<E>> FlatLinear<E, D> {
+    /// `out` units over `channels` maps of `map = (h, w)`, initialised as
+    /// [`Linear::new`] over `channels * h * w` inputs (PyTorch's `nn.Linear` default).
+    pub fn new(
+        channels: usize,
+        map: (usize, usize),
+        out: usize,
+        dev: &D,
+        rng: &mut impl Rng,
+    ) -> Result<Self, GrowError> {
+        let inputs = channels
+            .checked_mul(map.0)
+            .and_then(|n| n.checked_mul(map.1))
+            .ok_or_else(|| invalid(vec![channels, map.0, map.1], "the input width overflows"))?;
+        Self::from_linear(Linear::new(inputs, out, dev, rng)?, map)
     }
-    let block = out * group;
-    if fan_out.is_empty() {
-        return Err(GrowError::ZeroUnits);
+
+    /// Reads `(channels, h, w)` maps with an existing layer, whose input width must be a
+    /// multiple of `h * w`.
+    pub fn from_linear(linear: Linear<E, D>, map: (usize, usize)) -> Result<Self, GrowError> {
+        let inputs = linear.weight.shape().1;
+        let group = map.0.checked_mul(map.1).unwrap_or(0);
+        if group == 0 || !inputs.is_multiple_of(group) {
+            return Err(invalid(
+                vec![inputs, map.0, map.1],
+                "the layer's input width is not a whole number of (h, w) maps",
+            ));
+        }
+        Ok(Self { linear, map })
     }
-    if block == 0 || !fan_out.len().is_multiple_of(block) {
-        return Err(GrowError::ShapeMismatch {
-            layer: 0,
-            expected: block,
-            found: fan_out.len(),
-        });
+
+    /// The product over the flattened maps.
+    pub fn linear(&self) -> &Linear<E, D> {
+        &self.linear
     }
-    let k = fan_out.len() / block;
-    let channels = inp / group;
-    if let Some(&(c, _)) = rescale.iter().find(|(c, _)| *c >= channels) {
-        return Err(GrowError::ShapeMismatch {
-            layer: 0,
-            expected: channels,
-            found: c,
-        });
+
+    /// The layer without the flattening.
+    pub fn into_linear(self) -> Linear<E, D> {
+        self.linear
     }
-    let mut old = vec![E::zero(); out * inp];
-    linear.weight.copy_into(&mut old);
-    for &(c, factor) in rescale {
-        for r in 0..out {
-            for v in &mut old[r * inp + c * group..r * inp + (c + 1) * group] {
-                *v *= factor;
+
+    /// The `(h, w)` of one input map.
+    pub fn map_size(&self) -> (usize, usize) {
+        self.map
+    }
+
+    /// The number of input channels.
+    pub fn channels(&self) -> usize {
+        self.linear.weight.shape().1 / self.group()
+    }
+
+    /// The FLOPs of a forward pass of one example.
+    pub fn forward_flops(&self) -> f64 {
+        self.linear.forward_flops()
+    }
+
+    /// Whether this layer can take an input of `shape` (`(batch >= 1, channels, h, w)`).
+    pub fn check_input(&self, shape: &(usize, usize, usize, usize)) -> Result<(), GrowError> {
+        let &(b, c, h, w) = shape;
+        if b == 0 || (c, h, w) != (self.channels(), self.map.0, self.map.1) {
+            return Err(invalid(
+                vec![b, c, h, w],
+                format!(
+                    "FlatLinear takes (batch >= 1, {}, {}, {})",
+                    self.channels(),
+                    self.map.0,
+                    self.map.1
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn group(&self) -> usize {
+        self.map.0 * self.map.1
+    }
+}
+
+impl<E: Dtype, D: Device<E>> Params<E, D> for FlatLinear<E, D> {
+    /// The linear layer's `"weight"` and `"bias"`.
+    fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, E, D>)) {
+        self.linear.visit(f);
+    }
+
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, E, D>)) {
+        self.linear.visit_mut(f);
+    }
+}
+
+/// Input units are channels of `h * w` columns; output units are the linear layer's.
+impl<E: Real, D: Device<E>> Expandable<E> for FlatLinear<E, D> {
+    fn in_width(&self) -> usize {
+        self.channels()
+    }
+
+    fn out_width(&self) -> usize {
+        self.linear.out_width()
+    }
+
+    fn unit_fan_in(&self) -> usize {
+        self.linear.in_width()
+    }
+
+    fn unit_fan_out(&self) -> usize {
+        self.linear.out_width() * self.group()
+    }
+
+    fn output_unit(&self, unit: usize) -> Option<(Vec<E>, E)> {
+        self.linear.output_unit(unit)
+    }
+
+    fn input_column(&self, unit: usize) -> Option<Vec<E>> {
+        self.linear.input_group(self.group(), unit)
+    }
+
+    fn output_norms(&self) -> Vec<f64> {
+        self.linear.output_norms()
+    }
+
+    fn input_norms(&self) -> Vec<f64> {
+        let (w, inp, group) = (self.linear.weight_vec(), self.unit_fan_in(), self.group());
+        let mut sums = vec![0.0f64; self.channels()];
+        for row in w.chunks(inp.max(1)) {
+            for (s, block) in sums.iter_mut().zip(row.chunks(group)) {
+                *s += l2_norm(block).powi(2);
             }
         }
+        sums.into_iter().map(f64::sqrt).collect()
     }
-    let width = inp + k * group;
-    let mut w = Vec::with_capacity(out * width);
-    for r in 0..out {
-        w.extend_from_slice(&old[r * inp..(r + 1) * inp]);
-        for unit in 0..k {
-            let src = unit * block + r * group;
-            w.extend_from_slice(&fan_out[src..src + group]);
+
+    fn grow_outputs(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
+        self.linear.grow_outputs(fan_in, bias)
+    }
+
+    fn grow_inputs(&mut self, fan_out: &[E], rescale: &[(usize, E)]) -> Result<(), GrowError> {
+        if fan_out.is_empty() {
+            return Err(GrowError::ZeroUnits);
         }
+        self.linear
+            .grow_input_groups(self.group(), fan_out, rescale)
     }
-    linear.weight = linear
-        .weight
-        .device()
-        .clone()
-        .try_tensor_from_vec(w, (out, width))
-        .map_err(GrowError::device)?;
-    Ok(())
+}
+
+impl<E: Real, D: Device<E>, T: Tape<E, D>> Module<Images<E, D, T>> for FlatLinear<E, D> {
+    type Output = Tensor<(usize, usize), E, D, T>;
+    type Error = D::Err;
+
+    /// Panics where [`FlatLinear::check_input`] fails.
+    fn try_forward(&self, x: Images<E, D, T>) -> Result<Self::Output, D::Err> {
+        if let Err(e) = self.check_input(x.shape()) {
+            panic!("FlatLinear::forward: {e}");
+        }
+        self.linear.try_forward(flatten(x))
+    }
 }

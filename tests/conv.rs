@@ -1,14 +1,15 @@
 //! `Conv2d`: values and gradients against a direct nested-loop convolution and against
-//! PyTorch's `conv2d`; channel growth (output, input, and the flattened linear that reads the
-//! last convolution) leaves a CNN's output unchanged; growth appends rows and columns of the
-//! 2-D parameter view; bad sizes are typed errors that change nothing.
+//! PyTorch's `conv2d`; channel growth (output, input, and the `FlatLinear` that reads the
+//! last convolution), by hand and through `Expandable` with every exact init, leaves a CNN's
+//! output unchanged; growth appends rows and columns of the 2-D parameter view; bad sizes are
+//! typed errors that change nothing.
 
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
 use dfdx_grow::rand::{rngs::StdRng, Rng, SeedableRng};
 use dfdx_grow::{
-    flatten, grow_linear_inputs_grouped, linear_in_group, Conv2d, GrowError, Images, Linear,
-    ParamMut, ParamRef, Params, Real,
+    flatten, grow_between, scoped, scoped_mut, Conv2d, Expandable, FlatLinear, GrowError, Images,
+    Init, Linear, ParamMut, ParamRef, Params, Real, Site,
 };
 
 fn rng(seed: u64) -> StdRng {
@@ -793,9 +794,7 @@ where
 {
     c1: Conv2d<E, Cpu>,
     c2: Conv2d<E, Cpu>,
-    fc: Linear<E, Cpu>,
-    /// The second convolution's output `(h, w)`: the flattened linear reads `c * h * w`.
-    hw2: (usize, usize),
+    fc: FlatLinear<E, Cpu>,
 }
 
 impl<E: Real> Cnn<E>
@@ -829,19 +828,18 @@ where
         )
         .unwrap();
         let hw2 = conv2.output_size(h1, w1)?;
-        let fc = Linear::new(c2 * hw2.0 * hw2.1, rng.gen_range(1..=4), &dev, rng).unwrap();
+        let fc = FlatLinear::new(c2, hw2, rng.gen_range(1..=4), &dev, rng).unwrap();
         Some(Self {
             c1: conv1,
             c2: conv2,
             fc,
-            hw2,
         })
     }
 
     fn forward<T: Tape<E, Cpu>>(&self, x: Images<E, Cpu, T>) -> Tensor<(usize, usize), E, Cpu, T> {
         let a = self.c1.forward(x).relu();
         let b = self.c2.forward(a).relu();
-        self.fc.forward(flatten(b))
+        self.fc.forward(b)
     }
 }
 
@@ -849,16 +847,16 @@ impl<E: Real> Params<E, Cpu> for Cnn<E>
 where
     Cpu: Device<E>,
 {
-    fn visit(&self, f: &mut dyn FnMut(ParamRef<'_, E, Cpu>)) {
-        self.c1.visit(f);
-        self.c2.visit(f);
-        self.fc.visit(f);
+    fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, E, Cpu>)) {
+        self.c1.visit(&mut scoped("c1", f));
+        self.c2.visit(&mut scoped("c2", f));
+        self.fc.visit(&mut scoped("fc", f));
     }
 
-    fn visit_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_, E, Cpu>)) {
-        self.c1.visit_mut(f);
-        self.c2.visit_mut(f);
-        self.fc.visit_mut(f);
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, E, Cpu>)) {
+        self.c1.visit_mut(&mut scoped_mut("c1", f));
+        self.c2.visit_mut(&mut scoped_mut("c2", f));
+        self.fc.visit_mut(&mut scoped_mut("fc", f));
     }
 }
 
@@ -922,9 +920,9 @@ where
         let fan_in = cast(&uniform(k * cnn.c2.weight().shape().1, &mut rng));
         let bias = cast(&uniform(k, &mut rng));
         cnn.c2.grow_out_channels(&fan_in, &bias).unwrap();
-        let group = cnn.hw2.0 * cnn.hw2.1;
-        let zeros = vec![E::zero(); k * cnn.fc.weight.shape().0 * group];
-        grow_linear_inputs_grouped(&mut cnn.fc, group, &zeros, &[]).unwrap();
+        let (oh, ow) = cnn.fc.map_size();
+        let zeros = vec![E::zero(); k * cnn.fc.out_width() * oh * ow];
+        cnn.fc.grow_inputs(&zeros, &[]).unwrap();
         let after = cnn.forward(x.clone()).as_vec();
         let e = scaled_change(&before, &after);
         assert!(
@@ -1026,32 +1024,37 @@ fn growth_appends_rows_and_columns_of_the_2d_parameter_view() {
     let mut rng = rng(40);
     let dev = Cpu::default();
     let mut conv = Conv2d::<f64, Cpu>::with_kernel(3, 4, (2, 3), 1, 1, &dev, &mut rng).unwrap();
-    assert_eq!(conv.param_dims(), vec![(4, 3 * 6), (4, 1)]);
+    let dims = |c: &dyn Params<f64, Cpu>| -> Vec<(usize, usize)> {
+        c.param_dims().into_iter().map(|(_, d)| d).collect()
+    };
+    let names: Vec<String> = conv.param_dims().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["weight", "bias"]);
+    assert_eq!(dims(&conv), vec![(4, 3 * 6), (4, 1)]);
     let old = conv.weight_vec();
     let old_b = conv.bias_vec();
 
     conv.grow_out_channels(&uniform(2 * 18, &mut rng), &[0.5, 0.25])
         .unwrap();
-    assert_eq!(conv.param_dims(), vec![(6, 18), (6, 1)]);
+    assert_eq!(dims(&conv), vec![(6, 18), (6, 1)]);
     assert_eq!(&conv.weight_vec()[..4 * 18], &old[..]);
     assert_eq!(&conv.bias_vec()[..4], &old_b[..]);
 
     let mid = conv.weight_vec();
     conv.grow_in_channels(&uniform(2 * 6 * 6, &mut rng), &[])
         .unwrap();
-    assert_eq!(conv.param_dims(), vec![(6, 5 * 6), (6, 1)]);
+    assert_eq!(dims(&conv), vec![(6, 5 * 6), (6, 1)]);
     assert_eq!(conv.in_channels(), 5);
     let now = conv.weight_vec();
     for r in 0..6 {
         assert_eq!(&now[r * 30..r * 30 + 18], &mid[r * 18..(r + 1) * 18]);
     }
 
-    // The flattened linear: each new channel appends `group` columns.
-    let mut fc = Linear::<f64, Cpu>::new(3 * 4, 2, &dev, &mut rng).unwrap();
-    let old = fc.weight_vec();
-    grow_linear_inputs_grouped(&mut fc, 4, &uniform(2 * 2 * 4, &mut rng), &[]).unwrap();
-    assert_eq!(fc.param_dims(), vec![(2, 5 * 4), (2, 1)]);
-    let now = fc.weight_vec();
+    // The flattened linear: each new channel appends `h * w` columns.
+    let mut fc = FlatLinear::<f64, Cpu>::new(3, (2, 2), 2, &dev, &mut rng).unwrap();
+    let old = fc.linear().weight_vec();
+    fc.grow_inputs(&uniform(2 * 2 * 4, &mut rng), &[]).unwrap();
+    assert_eq!(dims(&fc), vec![(2, 5 * 4), (2, 1)]);
+    let now = fc.linear().weight_vec();
     for r in 0..2 {
         assert_eq!(&now[r * 20..r * 20 + 12], &old[r * 12..(r + 1) * 12]);
     }
@@ -1080,22 +1083,34 @@ fn fan_in_and_fan_out_accessors_return_what_growth_appended() {
         .collect();
     assert_eq!(conv.in_channel(0), Some(c0));
 
-    let mut fc = Linear::<f64, Cpu>::new(2 * 6, 3, &dev, &mut rng).unwrap();
+    // The same through `Expandable`, whose counts a site reads.
+    assert_eq!((conv.in_width(), conv.out_width()), (4, 5));
+    assert_eq!((conv.unit_fan_in(), conv.unit_fan_out()), (4 * 9, 5 * 9));
+    // Output channel 3's fan-in now has the 9 weights of input channel 3 after its own 18.
+    let (unit, bias) = conv.output_unit(3).unwrap();
+    assert_eq!((unit.len(), &unit[..18], bias), (36, &fan_in[..18], 0.1));
+    assert_eq!(conv.input_column(2), conv.in_channel(2));
+
+    let mut fc = FlatLinear::<f64, Cpu>::new(2, (2, 3), 3, &dev, &mut rng).unwrap();
+    assert_eq!(
+        (fc.in_width(), fc.unit_fan_in(), fc.unit_fan_out()),
+        (2, 12, 18)
+    );
     let fan_out = uniform(3 * 6, &mut rng);
-    grow_linear_inputs_grouped(&mut fc, 6, &fan_out, &[]).unwrap();
-    assert_eq!(linear_in_group(&fc, 6, 2), Some(fan_out));
-    assert_eq!(linear_in_group(&fc, 6, 3), None);
-    assert_eq!(linear_in_group(&fc, 5, 0), None);
+    fc.grow_inputs(&fan_out, &[]).unwrap();
+    assert_eq!(fc.input_column(2), Some(fan_out));
+    assert_eq!(fc.input_column(3), None);
+    assert_eq!(fc.channels(), 3);
 }
 
 #[test]
 fn grouped_rescale_multiplies_every_column_of_the_channel() {
     let mut rng = rng(55);
     let dev = Cpu::default();
-    let mut fc = Linear::<f64, Cpu>::new(3 * 4, 2, &dev, &mut rng).unwrap();
-    let before = linear_in_group(&fc, 4, 1).unwrap();
-    grow_linear_inputs_grouped(&mut fc, 4, &[0.0; 8], &[(1, -0.5)]).unwrap();
-    let after = linear_in_group(&fc, 4, 1).unwrap();
+    let mut fc = FlatLinear::<f64, Cpu>::new(3, (1, 4), 2, &dev, &mut rng).unwrap();
+    let before = fc.input_column(1).unwrap();
+    fc.grow_inputs(&[0.0; 8], &[(1, -0.5)]).unwrap();
+    let after = fc.input_column(1).unwrap();
     for (a, b) in after.iter().zip(&before) {
         assert_eq!(*a, -0.5 * b);
     }
@@ -1144,22 +1159,33 @@ fn bad_growth_sizes_are_typed_errors_and_change_nothing() {
     ));
     unchanged(&conv);
 
-    let mut fc = Linear::<f32, Cpu>::new(12, 2, &dev, &mut rng).unwrap();
-    let fw = fc.weight_vec();
+    let linear = Linear::<f32, Cpu>::new(12, 2, &dev, &mut rng).unwrap();
     assert!(matches!(
-        grow_linear_inputs_grouped(&mut fc, 5, &[0.0; 10], &[]),
+        FlatLinear::from_linear(linear.clone(), (5, 1)),
         Err(GrowError::InvalidSizes { .. })
     ));
     assert!(matches!(
-        grow_linear_inputs_grouped(&mut fc, 4, &[0.0; 7], &[]),
+        FlatLinear::from_linear(linear.clone(), (0, 4)),
+        Err(GrowError::InvalidSizes { .. })
+    ));
+    let mut fc = FlatLinear::from_linear(linear, (2, 2)).unwrap();
+    let fw = fc.linear().weight_vec();
+    assert!(matches!(
+        fc.grow_inputs(&[0.0; 7], &[]),
         Err(GrowError::ShapeMismatch { .. })
     ));
     assert!(matches!(
-        grow_linear_inputs_grouped(&mut fc, 4, &[0.0; 8], &[(3, 2.0)]),
+        fc.grow_inputs(&[0.0; 8], &[(3, 2.0)]),
         Err(GrowError::ShapeMismatch { .. })
     ));
-    assert_eq!(fc.weight_vec(), fw);
-    assert_eq!(fc.weight.shape(), &(2, 12));
+    assert_eq!(fc.grow_inputs(&[], &[]), Err(GrowError::ZeroUnits));
+    assert_eq!(fc.linear().weight_vec(), fw);
+    assert_eq!(fc.linear().weight.shape(), &(2, 12));
+    assert!(matches!(
+        fc.check_input(&(1, 3, 2, 3)),
+        Err(GrowError::InvalidSizes { .. })
+    ));
+    assert_eq!(fc.check_input(&(1, 3, 2, 2)), Ok(()));
 }
 
 #[test]
@@ -1252,8 +1278,7 @@ fn adam_trains_a_cnn_through_growth_and_new_fan_out_gets_gradient() {
     let mut cnn = Cnn::<f64> {
         c1: Conv2d::new(1, 3, 3, 1, 1, &dev, &mut rng).unwrap(),
         c2: Conv2d::new(3, 4, 3, 2, 0, &dev, &mut rng).unwrap(),
-        fc: Linear::new(4 * 3 * 3, 3, &dev, &mut rng).unwrap(),
-        hw2: (3, 3),
+        fc: FlatLinear::new(4, (3, 3), 3, &dev, &mut rng).unwrap(),
     };
     let x = images::<f64>(8, 1, 8, 8, &mut rng);
     let mut y = vec![0.0; 8 * 3];
@@ -1284,13 +1309,13 @@ fn adam_trains_a_cnn_through_growth_and_new_fan_out_gets_gradient() {
     // Grow conv2 by 2 channels (random fan-in, zero fan-out in the linear).
     let fan_in = uniform(2 * 27, &mut rng);
     cnn.c2.grow_out_channels(&fan_in, &[0.0, 0.0]).unwrap();
-    grow_linear_inputs_grouped(&mut cnn.fc, 9, &vec![0.0; 2 * 3 * 9], &[]).unwrap();
+    cnn.fc.grow_inputs(&[0.0; 2 * 3 * 9], &[]).unwrap();
     let (after, mut grads) = step(&mut cnn, &mut opt);
     assert!((after - trained).abs() < 0.5 * trained + 1e-9);
     // The new fan-out columns (the last 18 of each fc row) get a non-zero gradient; the
     // new channels' fan-in gets exactly zero (their output is read by zero weights).
     let mut norms = Vec::new();
-    let mut grad_of = |p: ParamRef<'_, f64, Cpu>| {
+    let mut grad_of = |_: &str, p: ParamRef<'_, f64, Cpu>| {
         let mut g = vec![0.0; p.len()];
         p.grad_into(&mut grads, &mut g).unwrap();
         norms.push((p.dims(), g));
@@ -1353,5 +1378,105 @@ fn a_permuted_non_contiguous_input_gives_the_same_values_and_gradients() {
             assert!(rel_err(&g.get(conv.weight()).as_vec(), &dw) <= 1e-12);
             assert!(rel_err(&g.get(conv.bias()).as_vec(), &db) <= 1e-12);
         }
+    }
+}
+
+/// Grows both sites of random CNNs through `grow_between` (the `Expandable` impls of `Conv2d`
+/// and `FlatLinear`, sized by their unit fan-in and fan-out) with every exact init, and checks
+/// the output against the one before.
+fn exact_inits_keep_output<E: Real>(seed: u64, models: usize, tol: f64)
+where
+    Cpu: Device<E>,
+{
+    let mut rng = rng(seed);
+    let inits = [Init::ZerosOut, Init::MirrorPairs, Init::CopyHalve];
+    let mut grown = 0;
+    while grown < models {
+        let (in_c, h, w) = (
+            rng.gen_range(1..=3),
+            rng.gen_range(3..=10),
+            rng.gen_range(3..=10),
+        );
+        let Some(mut cnn) = Cnn::<E>::random(in_c, h, w, &mut rng) else {
+            continue;
+        };
+        let x = images::<E>(rng.gen_range(1..=3), in_c, h, w, &mut rng);
+        let before = cnn.forward(x.clone()).as_vec();
+        for init in &inits {
+            let k = 2 * rng.gen_range(1..=2); // MirrorPairs needs an even k
+            let (c1, c2) = (cnn.c1.out_channels(), cnn.c2.out_channels());
+            grow_between(&mut cnn.c1, &mut cnn.c2, k, init, &mut rng).unwrap();
+            grow_between(&mut cnn.c2, &mut cnn.fc, k, init, &mut rng).unwrap();
+            assert_eq!(
+                (cnn.c1.out_channels(), cnn.c2.in_channels()),
+                (c1 + k, c1 + k)
+            );
+            assert_eq!((cnn.c2.out_channels(), cnn.fc.channels()), (c2 + k, c2 + k));
+            let after = cnn.forward(x.clone()).as_vec();
+            let e = scaled_change(&before, &after);
+            assert!(
+                e <= tol,
+                "model {grown}, {init:?}: the output moved by {e:e}"
+            );
+        }
+        grown += 1;
+    }
+}
+
+#[test]
+fn zeros_out_mirror_pairs_and_copy_halve_keep_a_cnns_output_f64() {
+    exact_inits_keep_output::<f64>(110, 40, 1e-12);
+}
+
+#[test]
+fn zeros_out_mirror_pairs_and_copy_halve_keep_a_cnns_output_f32() {
+    exact_inits_keep_output::<f32>(111, 40, 1e-5);
+}
+
+#[test]
+fn a_sites_parameters_per_unit_count_every_kernel_weight() {
+    let mut rng = rng(120);
+    let dev = Cpu::default();
+    let c1 = Conv2d::<f64, Cpu>::with_kernel(3, 5, (3, 2), 1, 0, &dev, &mut rng).unwrap();
+    let c2 = Conv2d::<f64, Cpu>::new(5, 7, 3, 1, 0, &dev, &mut rng).unwrap();
+    let fc = FlatLinear::<f64, Cpu>::new(7, (4, 6), 10, &dev, &mut rng).unwrap();
+    // Fan-in (3 * 3 * 2), bias, and fan-out in the next conv (7 * 3 * 3).
+    assert_eq!(Site::new("c1", &c1, &[&c2]).params_per_unit, 18 + 1 + 63);
+    // Fan-in (5 * 9), bias, and h * w columns per output of the head (10 * 24).
+    assert_eq!(Site::new("c2", &c2, &[&fc]).params_per_unit, 45 + 1 + 240);
+    assert_eq!(
+        c2.forward_flops(6, 8),
+        Some(4.0 * 6.0 * 7.0 * (2.0 * 45.0 + 1.0))
+    );
+    assert_eq!(c2.forward_flops(2, 8), None);
+}
+
+#[test]
+fn output_and_input_norms_match_the_units_read_one_by_one() {
+    let mut rng = rng(130);
+    let dev = Cpu::default();
+    let conv = Conv2d::<f64, Cpu>::with_kernel(3, 4, (2, 3), 1, 0, &dev, &mut rng).unwrap();
+    let fc = FlatLinear::<f64, Cpu>::new(3, (2, 2), 5, &dev, &mut rng).unwrap();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    for layer in [&conv as &dyn Expandable<f64>, &fc] {
+        let outs: Vec<f64> = (0..layer.out_width())
+            .map(|u| {
+                let (w, b) = layer.output_unit(u).unwrap();
+                norm(&w).hypot(b)
+            })
+            .collect();
+        let ins: Vec<f64> = (0..layer.in_width())
+            .map(|u| norm(&layer.input_column(u).unwrap()))
+            .collect();
+        for (a, b) in layer.output_norms().iter().zip(&outs) {
+            assert!((a - b).abs() <= 1e-12);
+        }
+        for (a, b) in layer.input_norms().iter().zip(&ins) {
+            assert!((a - b).abs() <= 1e-12);
+        }
+        assert_eq!(
+            (layer.output_norms().len(), layer.input_norms().len()),
+            (layer.out_width(), layer.in_width())
+        );
     }
 }

@@ -20,11 +20,24 @@ use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
 use dfdx_grow::rand::{rngs::StdRng, Rng, SeedableRng};
 use dfdx_grow::{
-    scoped, scoped_mut, Conv2d, FlatLinear, Images, Matrix, ParamMut, ParamRef, Params,
+    scoped, scoped_mut, Conv2d, Data, FlatLinear, Images, Matrix, ParamMut, ParamRef, Params,
 };
 
 const B: usize = 64;
 const WARMUP: usize = 3;
+
+type Tp = OwnedTape<f32, Cpu>;
+
+/// How the CNN runs its convolutions.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    /// The first convolution on `Data(x)` (no input gradient), as PyTorch does for data.
+    Data,
+    /// The input traced like any tensor: its gradient is computed and thrown away.
+    Traced,
+    /// Both convolutions through the device-generic im2col (`concat_along` + `gather`).
+    Portable,
+}
 
 /// Phase times of one step: forward (grads allocation, forward, loss), backward, update.
 type Phases = [Duration; 3];
@@ -46,21 +59,17 @@ impl Cnn {
         }
     }
 
-    fn forward<T: Tape<f32, Cpu>>(
-        &self,
-        x: Images<f32, Cpu, T>,
-        portable: bool,
-    ) -> Tensor<(usize, usize), f32, Cpu, T> {
-        let conv = |c: &Conv2d<f32, Cpu>, x| {
-            if portable {
-                c.forward_portable(x).unwrap()
-            } else {
-                c.forward(x)
-            }
+    fn forward(&self, x: Images<f32, Cpu, Tp>, path: Path) -> Tensor<(usize, usize), f32, Cpu, Tp> {
+        let a = match path {
+            Path::Data => self.c1.forward(Data(x)),
+            Path::Traced => self.c1.forward(x),
+            Path::Portable => self.c1.forward_portable(x).unwrap(),
         };
-        let a = conv(&self.c1, x).relu();
-        let b = conv(&self.c2, a).relu();
-        self.fc.forward(b)
+        let b = match path {
+            Path::Portable => self.c2.forward_portable(a.relu()).unwrap(),
+            _ => self.c2.forward(a.relu()),
+        };
+        self.fc.forward(b.relu())
     }
 }
 
@@ -96,11 +105,11 @@ fn step(
     opt: &mut Adam<f32>,
     x: &Images<f32, Cpu>,
     y: &Matrix<f32, Cpu>,
-    portable: bool,
+    path: Path,
 ) -> Phases {
     let t0 = Instant::now();
     let grads = cnn.try_alloc_grads().unwrap();
-    let out = cnn.forward(x.clone().traced(grads), portable);
+    let out = cnn.forward(x.clone().traced(grads), path);
     let loss = cross_entropy_with_logits_loss(out, y.clone());
     let t1 = Instant::now();
     let mut grads = loss.backward();
@@ -227,12 +236,14 @@ fn split_table(title: &str, rows: &[(&str, &RefCell<Vec<Phases>>)]) {
 fn compare_with_torch(dev: &Cpu) {
     let (x, y) = data(dev);
     let mut ours = Cnn::new(dev);
-    let mut opt = adam();
+    let mut traced = ours.clone();
+    let (mut opt, mut topt) = (adam(), adam());
     let mut torch = Torch::spawn();
-    let logs: Vec<RefCell<Vec<Phases>>> = (0..2).map(|_| RefCell::new(vec![])).collect();
+    let logs: Vec<RefCell<Vec<Phases>>> = (0..3).map(|_| RefCell::new(vec![])).collect();
     let names = [
         "PyTorch CNN + torch.optim.Adam (child process)",
-        "dfdx-grow Conv2d CNN + optim::Adam",
+        "dfdx-grow Conv2d CNN + optim::Adam, conv1 on Data(x)",
+        "dfdx-grow Conv2d CNN + optim::Adam, x traced (its gradient computed)",
     ];
     let mut cases = Vec::new();
     let torch_version = torch.as_ref().map(|(_, v)| v.clone());
@@ -240,7 +251,10 @@ fn compare_with_torch(dev: &Cpu) {
         cases.push(logged(names[0], &logs[0], move || t.step()));
     }
     cases.push(logged(names[1], &logs[1], || {
-        step(&mut ours, &mut opt, &x, &y, false)
+        step(&mut ours, &mut opt, &x, &y, Path::Data)
+    }));
+    cases.push(logged(names[2], &logs[2], || {
+        step(&mut traced, &mut topt, &x, &y, Path::Traced)
     }));
     let s = compare(&mut cases, 0, WARMUP, reps(40));
     drop(cases);
@@ -268,7 +282,7 @@ fn compare_with_torch(dev: &Cpu) {
     println!("|---|---:|---:|---:|");
     let (w0, c0) = (Instant::now(), cpu_seconds());
     for _ in 0..n {
-        step(&mut ours, &mut opt, &x, &y, false);
+        step(&mut ours, &mut opt, &x, &y, Path::Data);
     }
     let wall = w0.elapsed().as_secs_f64() / n as f64;
     let ours_cpu = cpu_seconds().zip(c0).map(|(c1, c0)| (c1 - c0) / n as f64);
@@ -311,15 +325,17 @@ fn compare_portable(dev: &Cpu) {
     let mut portable = ours.clone();
     let (mut opt, mut popt) = (adam(), adam());
     let names = [
-        "dfdx-grow Conv2d CNN + optim::Adam (host im2col, the Cpu path)",
-        "dfdx-grow Conv2d CNN, portable im2col (concat_along + gather)",
+        "dfdx-grow Conv2d CNN + optim::Adam (host im2col, the Cpu path), x traced",
+        "dfdx-grow Conv2d CNN, portable im2col (concat_along + gather), x traced",
     ];
     let mut cases = vec![
         part(names[0], || {
-            step(&mut ours, &mut opt, &x, &y, false).iter().sum()
+            step(&mut ours, &mut opt, &x, &y, Path::Traced).iter().sum()
         }),
         part(names[1], || {
-            step(&mut portable, &mut popt, &x, &y, true).iter().sum()
+            step(&mut portable, &mut popt, &x, &y, Path::Portable)
+                .iter()
+                .sum()
         }),
     ];
     let s = compare(&mut cases, 0, WARMUP, reps(40));
@@ -362,6 +378,17 @@ fn anatomy(dev: &Cpu) {
             let y = conv.forward(x.clone().traced(grads));
             let _ = (y * r1.clone()).sum().backward();
         }));
+        if c == 1 {
+            let r0 = r.clone();
+            cases.push(whole(
+                &format!("{name}: forward + backward on Data(x)"),
+                move || {
+                    let grads = conv.try_alloc_grads().unwrap();
+                    let y = conv.forward(Data(x.clone().traced(grads)));
+                    let _ = (y * r0.clone()).sum().backward();
+                },
+            ));
+        }
         cases.push(whole(
             &format!("{name}: forward only (untraced)"),
             move || {

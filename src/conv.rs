@@ -41,7 +41,7 @@ use crate::expandable::fan_in_bound;
 use crate::linear::uniform;
 use crate::params::l2_norm;
 use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
-use crate::{Expandable, GrowError, Linear, Real};
+use crate::{Data, Expandable, GrowError, Linear, Real};
 
 /// A batch of images, `(batch, channels, height, width)`.
 pub type Images<E, D, T = NoneTape> = Tensor<(usize, usize, usize, usize), E, D, T>;
@@ -589,6 +589,87 @@ impl<E: Real, D: Device<E>, T: Tape<E, D>> Module<Images<E, D, T>> for Conv2d<E,
     }
 }
 
+/// A first layer on data: the same output and weight and bias gradients as the plain
+/// forward (up to the order of the batch sum), without the input's gradient (see [`Data`]),
+/// which saves the im2col's backward and one product per image in the backward pass.
+impl<E: Real, D: Device<E>, T: Tape<E, D> + 'static> Module<Data<Images<E, D, T>>> for Conv2d<E, D>
+where
+    Cpu: Device<E>,
+{
+    type Output = Images<E, D, T>;
+    type Error = D::Err;
+
+    /// Panics where [`Conv2d::check_input`] fails.
+    fn try_forward(&self, x: Data<Images<E, D, T>>) -> Result<Self::Output, D::Err> {
+        conv_on_data(self, x.0)
+    }
+}
+
+/// The convolution with a backward op that computes the gradients of the weight and bias
+/// only: `d[weight | bias] = sum over images of dY_b cols_b^T`.
+fn conv_on_data<E: Real, D: Device<E>, T: Tape<E, D> + 'static>(
+    layer: &Conv2d<E, D>,
+    x: Images<E, D, T>,
+) -> Result<Images<E, D, T>, D::Err>
+where
+    Cpu: Device<E>,
+{
+    if !T::OWNS_TAPE || TypeId::of::<D>() != TypeId::of::<Cpu>() {
+        return layer.try_forward(x);
+    }
+    let g = layer.geometry(x.shape());
+    let (x, mut tape) = x.split_tape();
+    let cols = im2col_values(&x.clone().try_contiguous()?, &g)?;
+    let y = layer.project(cols.clone(), &g)?;
+    let on_cpu = (
+        (&cols as &dyn Any).downcast_ref::<Cols<E, Cpu>>(),
+        (&y as &dyn Any).downcast_ref::<Images<E, Cpu>>(),
+        (&layer.weight as &dyn Any).downcast_ref::<Matrix<E, Cpu>>(),
+        (&layer.bias as &dyn Any).downcast_ref::<Vector<E, Cpu>>(),
+        (&mut tape as &mut dyn Any).downcast_mut::<OwnedTape<E, Cpu>>(),
+    );
+    let (Some(cols), Some(y_cpu), Some(w), Some(b), Some(cpu_tape)) = on_cpu else {
+        // Not reachable with dfdx's own tapes; a tape of another kind takes the plain path.
+        return layer.try_forward(x.put_tape(tape));
+    };
+    let (cols, y_ghost, w_ghost, b_ghost) = (cols.clone(), y_cpu.ghost(), w.ghost(), b.ghost());
+    let (batch, out, fields) = (g.batch, layer.out_channels(), g.fields());
+    cpu_tape.add_backward_op(move |grads: &mut Gradients<E, Cpu>| {
+        let dev = cols.device().clone();
+        let dy = cpu_slice::<E>(grads.get_or_alloc_mut(&y_ghost)?).to_vec();
+        let dy = dev.try_tensor_from_vec(dy, (batch, out, g.pixels()))?;
+        let dwb = dy
+            .try_matmul(cols.try_permute::<_, Axes3<0, 2, 1>>()?)?
+            .as_vec();
+        // Image by image, in order, as dfdx's broadcast product accumulates them.
+        let gw = cpu_slice::<E>(grads.get_or_alloc_mut(&w_ghost)?);
+        for image in dwb.chunks_exact(out * (fields + 1)) {
+            for (gw, row) in gw
+                .chunks_exact_mut(fields)
+                .zip(image.chunks_exact(fields + 1))
+            {
+                for (g, d) in gw.iter_mut().zip(row) {
+                    *g += *d;
+                }
+            }
+        }
+        let gb = cpu_slice::<E>(grads.get_or_alloc_mut(&b_ghost)?);
+        for image in dwb.chunks_exact(out * (fields + 1)) {
+            for (g, row) in gb.iter_mut().zip(image.chunks_exact(fields + 1)) {
+                *g += row[fields];
+            }
+        }
+        Ok(())
+    });
+    Ok(y.put_tape(tape))
+}
+
+/// A CPU gradient buffer as a slice (where `Cpu: Device<E>` is assumed the compiler does not
+/// see that the buffer dereferences to a vector).
+fn cpu_slice<E: Dtype>(v: &mut <Cpu as Storage<E>>::Vec) -> &mut [E] {
+    v
+}
+
 /// `(batch, c, h, w) -> (batch, c * h * w)`, channel-major (`c` slowest, then `h`, then `w`,
 /// as PyTorch's `flatten(1)`): the input of a [`Linear`] after a convolution. Copies only
 /// when the input is not contiguous (a convolution's output is a permuted view).
@@ -609,20 +690,7 @@ fn im2col_host<E: Real, D: Device<E>, T: Tape<E, D>>(
     // Contiguous, so that the input's data and its gradient are in logical order.
     let x = x.try_contiguous()?;
     let (x, mut tape) = x.split_tape();
-    let n = g.batch * g.channels * g.h * g.w;
-    let mut host = vec![E::zero(); n];
-    x.copy_into(&mut host);
-    // Written in order, so the buffer is never zeroed first.
-    let mut cols = Vec::with_capacity(g.batch * (g.fields() + 1) * g.pixels());
-    for_each_run(g, |src, run| match src {
-        Run::Input(start, 1) => cols.extend_from_slice(&host[start..start + run]),
-        Run::Input(start, step) => cols.extend((0..run).map(|n| host[start + n * step])),
-        Run::Zeros => cols.extend(std::iter::repeat_n(E::zero(), run)),
-        Run::Ones => cols.extend(std::iter::repeat_n(E::one(), run)),
-    });
-    let out = x
-        .device()
-        .try_tensor_from_vec(cols, (g.batch, g.fields() + 1, g.pixels()))?;
+    let out = im2col_values(&x, g)?;
     // dfdx's `GhostTensor` cannot be named outside dfdx (so not downcast): the backward
     // keeps the tensors themselves, which shares their buffers, copies nothing.
     let (x_held, out_held) = (x.clone(), out.clone());
@@ -634,6 +702,25 @@ fn im2col_host<E: Real, D: Device<E>, T: Tape<E, D>>(
         Ok(())
     });
     Ok(out.put_tape(tape))
+}
+
+/// The im2col of a contiguous batch, untraced.
+fn im2col_values<E: Real, D: Device<E>>(
+    x: &Images<E, D>,
+    g: &Geometry,
+) -> Result<Cols<E, D>, D::Err> {
+    let mut host = vec![E::zero(); g.batch * g.channels * g.h * g.w];
+    x.copy_into(&mut host);
+    // Written in order, so the buffer is never zeroed first.
+    let mut cols = Vec::with_capacity(g.batch * (g.fields() + 1) * g.pixels());
+    for_each_run(g, |src, run| match src {
+        Run::Input(start, 1) => cols.extend_from_slice(&host[start..start + run]),
+        Run::Input(start, step) => cols.extend((0..run).map(|n| host[start + n * step])),
+        Run::Zeros => cols.extend(std::iter::repeat_n(E::zero(), run)),
+        Run::Ones => cols.extend(std::iter::repeat_n(E::one(), run)),
+    });
+    x.device()
+        .try_tensor_from_vec(cols, (g.batch, g.fields() + 1, g.pixels()))
 }
 
 /// Adds the im2col's gradient back into the input's gradient (both already allocated).

@@ -15,6 +15,10 @@
 //!   `gather` (the receptive fields): device-generic, but 2-3x slower per training step on the
 //!   CPU, where dfdx's gather walks its index one element at a time.
 //!
+//! A first layer on data takes `Data(x)` (as [`Linear`] does): its backward op computes only
+//! the weight and bias gradients, skipping the im2col's backward and the product for the
+//! input.
+//!
 //! Slices were not used: dfdx 0.13's `slice` backward *assigns* the incoming gradient instead
 //! of adding it, so overlapping slices of one tensor (every kernel offset of a convolution)
 //! give wrong input gradients.

@@ -40,8 +40,8 @@ pub use controller::{
     ControllerError, ControllerState, GrowthController, HealthAction, HealthCheck, Outcome,
     DEFAULT_MAX_GROWTH_BYTES,
 };
-pub use data_matmul::Data;
 pub use conv::{flatten, Conv2d, FlatLinear, Images};
+pub use data_matmul::Data;
 pub use error::GrowError;
 pub use expandable::{grow_between, Expandable};
 pub use init::{Init, NewUnits};

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod checkpoint;
 mod codec;
 mod controller;
+mod conv;
 mod data_matmul;
 mod error;
 mod expandable;
@@ -39,6 +40,7 @@ pub use controller::{
     ControllerError, ControllerState, GrowthController, HealthAction, HealthCheck, Outcome,
     DEFAULT_MAX_GROWTH_BYTES,
 };
+pub use conv::{flatten, Conv2d, FlatLinear, Images};
 pub use data_matmul::Data;
 pub use error::GrowError;
 pub use expandable::{grow_between, Expandable};

@@ -13,6 +13,7 @@ pub use rand;
 mod activation;
 pub mod audit;
 pub mod checkpoint;
+mod cnn;
 mod codec;
 mod controller;
 mod conv;
@@ -38,6 +39,7 @@ pub mod sampling;
 mod site;
 
 pub use activation::Activation;
+pub use cnn::{Cnn, CnnSpec, ConvSpec};
 pub use controller::{
     ControllerError, ControllerState, GrowthController, HealthAction, HealthCheck, Outcome,
     DEFAULT_MAX_GROWTH_BYTES,

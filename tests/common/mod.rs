@@ -5,7 +5,7 @@
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::Optimizer;
 use dfdx_grow::rand::{rngs::StdRng, Rng, SeedableRng};
-use dfdx_grow::{Matrix, Mlp, Params, Real};
+use dfdx_grow::{Matrix, Params, Real};
 
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
@@ -34,16 +34,23 @@ where
     dev.tensor_from_vec(v, (batch, classes))
 }
 
-/// One training step (cross-entropy) of `mlp`; returns the loss before the step and the
-/// gradients it used.
-pub fn step<E: Real>(
-    mlp: &mut Mlp<E, Cpu>,
+/// The seeded generator the tests use.
+pub type TestRng = StdRng;
+
+type Traced<E> = Tensor<(usize, usize), E, Cpu, OwnedTape<E, Cpu>>;
+
+/// One training step (cross-entropy) of `mlp` (an `Mlp` or any model of batches); returns
+/// the loss before the step and the gradients it used.
+pub fn step<E: Real, M>(
+    mlp: &mut M,
     opt: &mut dyn Optimizer<E, Cpu>,
     x: &Matrix<E, Cpu>,
     y: &Matrix<E, Cpu>,
 ) -> (f64, Gradients<E, Cpu>)
 where
     Cpu: Device<E>,
+    M: Params<E, Cpu> + Module<Traced<E>, Output = Traced<E>>,
+    <M as Module<Traced<E>>>::Error: std::fmt::Debug,
 {
     let grads = mlp.try_alloc_grads().unwrap();
     let out = mlp.forward(x.clone().traced(grads));

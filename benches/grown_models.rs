@@ -48,25 +48,6 @@ where
     t.elapsed()
 }
 
-/// Like [`step`] for a model without a data path.
-fn plain_step<M>(
-    m: &mut M,
-    opt: &mut Adam<f32>,
-    x: &Matrix<f32, Cpu>,
-    y: &Matrix<f32, Cpu>,
-) -> Duration
-where
-    M: Params<f32, Cpu> + Module<Traced, Output = Traced>,
-    <M as Module<Traced>>::Error: std::fmt::Debug,
-{
-    let t = Instant::now();
-    let grads = m.try_alloc_grads().unwrap();
-    let loss = cross_entropy_with_logits_loss(m.forward(x.clone().traced(grads)), y.clone());
-    let mut grads = loss.backward();
-    opt.update(m, &mut grads).unwrap();
-    t.elapsed()
-}
-
 fn adam() -> Adam<f32> {
     Adam::new(AdamConfig::default()).unwrap()
 }
@@ -93,7 +74,7 @@ fn resmlp(dev: &Cpu) {
     let mut gopt = adam();
     for edit in 0..4 {
         for _ in 0..5 {
-            plain_step(&mut grown, &mut gopt, &x, &y);
+            step(&mut grown, &mut gopt, &x, &y);
         }
         match edit {
             0 => {
@@ -111,14 +92,14 @@ fn resmlp(dev: &Cpu) {
     let widths: Vec<usize> = grown.sites().iter().map(|s| s.width).collect();
     assert_eq!(widths, [512, 512, 512]);
     for _ in 0..5 {
-        plain_step(&mut built, &mut bopt, &x, &y);
+        step(&mut built, &mut bopt, &x, &y);
     }
     let mut cases = vec![
         whole("ResMlp built at 784-256-[512x3]-10", || {
-            plain_step(&mut built, &mut bopt, &x, &y);
+            step(&mut built, &mut bopt, &x, &y);
         }),
         whole("ResMlp grown to 784-256-[512x3]-10", || {
-            plain_step(&mut grown, &mut gopt, &x, &y);
+            step(&mut grown, &mut gopt, &x, &y);
         }),
     ];
     let s = compare(&mut cases, 0, 3, reps(30));

@@ -319,6 +319,18 @@ impl Checkpoint {
         // Every site is checked, and the growth's size bounded by the saved tensors, before
         // any site grows: a checkpoint that lies about its widths is refused without
         // allocating what it claims.
+        // Growth only adds: every tensor the model has must be saved, no larger than saved.
+        for (name, d) in model.param_dims() {
+            let reason = match self.tensors.iter().find(|t| t.name == name) {
+                None => format!("the model's {name:?} of {d:?} is not in the checkpoint"),
+                Some(t) if d.0 > t.dims.0 || d.1 > t.dims.1 => format!(
+                    "the model has {name:?} of {d:?}, larger than the checkpoint's {:?}",
+                    t.dims
+                ),
+                Some(_) => continue,
+            };
+            return Err(mismatch(format!("the first differing tensor: {reason}")));
+        }
         let sites = model.sites();
         let mut need = Some(model.num_params());
         let mut grown = Vec::new();

@@ -578,7 +578,7 @@ fn model_restore_validates_every_tensor_and_changes_nothing_on_error() {
             Box::new(|c| {
                 c.tensors.pop();
             }),
-            "42",
+            "layers.1.bias",
         ),
         (
             "a site the model lacks",

@@ -12,6 +12,7 @@ use common::*;
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
 use dfdx_grow::rand::{rngs::StdRng, Rng, SeedableRng};
+use dfdx_grow::sampling::uniform;
 use dfdx_grow::{Activation, Init, Matrix, Mlp, Params};
 
 fn batch(
@@ -60,6 +61,7 @@ fn one_size(hidden: usize) {
     let mut r3 = StdRng::seed_from_u64(3);
     let mut r4 = StdRng::seed_from_u64(4);
     let mut r5 = StdRng::seed_from_u64(5);
+    let mut r6 = StdRng::seed_from_u64(6);
     let mut cases = vec![
         whole(
             &format!("memcpy {n} f32 (alloc + copy, {:.1} MB)", n as f64 * 4e-6),
@@ -96,13 +98,23 @@ fn one_size(hidden: usize) {
             d
         }),
         part(
-            "sampling the new fan-in alone (k x 784 uniform draws)",
+            "sampling the new fan-in alone, one gen_range per draw (before)",
             || {
                 let t = Instant::now();
                 let bound = 1.0 / 784f64.sqrt();
                 let v: Vec<f32> = (0..k * 784)
                     .map(|_| (r4.gen_range(-1.0..1.0) * bound) as f32)
                     .collect();
+                let d = t.elapsed();
+                black_box(&v);
+                d
+            },
+        ),
+        part(
+            "sampling the new fan-in alone, sampling::uniform (used by growth)",
+            || {
+                let t = Instant::now();
+                let v: Vec<f32> = uniform(k * 784, 1.0 / 784f64.sqrt(), &mut r6);
                 let d = t.elapsed();
                 black_box(&v);
                 d

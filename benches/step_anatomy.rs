@@ -1,5 +1,6 @@
 //! Where a training step's time goes: the matmul of one 784->1024 layer untraced against
-//! traced forward + backward (dfdx computes the input's gradient too), and the optimizer's
+//! traced forward + backward (dfdx computes the input's gradient too; with the input wrapped
+//! in `Data` the crate's own backward op skips it), and the optimizer's
 //! update against its data movement (host copies of every parameter and gradient).
 //!
 //! `cargo bench --bench step_anatomy` (`BENCH_REPS=N` to change the repetitions).
@@ -14,7 +15,7 @@ use dfdx_grow::dfdx::optim::{Adam as DAdam, AdamConfig as DAdamConfig, Optimizer
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
 use dfdx_grow::rand::{rngs::StdRng, Rng, SeedableRng};
-use dfdx_grow::{Activation, Linear, Matrix, Mlp, Params};
+use dfdx_grow::{Activation, Data, Linear, Matrix, Mlp, Params};
 
 const B: usize = 128;
 
@@ -37,6 +38,14 @@ fn matmul(dev: &Cpu) {
             let y = layer.forward(x.clone().traced(g));
             black_box(y.sum().backward());
         }),
+        whole(
+            "Linear traced forward + backward, input as Data (no input gradient)",
+            || {
+                let g = layer.try_alloc_grads().unwrap();
+                let y = layer.forward(Data(x.clone().traced(g)));
+                black_box(y.sum().backward());
+            },
+        ),
         whole("x W^T traced forward + backward (loss = sum)", || {
             let y = x.clone().traced(Gradients::leaky()).matmul(
                 w.clone()

@@ -5,6 +5,11 @@ one-hot targets, f32; same thread count as the Rust side (RAYON_NUM_THREADS or t
 
     python3 benches/torch_step.py        (BENCH_REPS=N to change the repetitions)
 
+Also the CNN step of benches/conv.rs (batch 64, 1x28x28 -> conv 3x3 8 ch -> relu -> conv 3x3
+stride 2 16 ch -> relu -> flatten -> linear 10, Adam lr 1e-3). `--serve-cnn` runs only that
+step, once per line read from stdin, printing its phase times in seconds: benches/conv.rs
+drives it so that both sides are timed interleaved, in one run.
+
 Exits 0 with a message when torch is not importable.
 """
 import os
@@ -111,6 +116,61 @@ def step_case(widths, log):
     return run
 
 
+CNN_B = 64
+
+
+def cnn_model():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, stride=2), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(16 * 12 * 12, 10))
+
+
+def cnn_case(log):
+    torch.manual_seed(0)
+    model = cnn_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(9)
+    x = torch.rand(CNN_B, 1, 28, 28, generator=g) * 4 - 2
+    y = F.one_hot(torch.randint(0, 10, (CNN_B,), generator=g), 10).float()
+
+    def run():
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        t3 = time.perf_counter()
+        log.append((t1 - t0, t2 - t1, t3 - t2))
+        return t3 - t0
+
+    return run
+
+
+def serve_cnn():
+    """Per line of stdin: `step` runs one CNN step and prints `forward backward update`
+    seconds; `cpu N` runs N steps back to back and prints `wall cpu` seconds per step (CPU
+    time of this process, which the machine's other load does not inflate)."""
+    torch.set_num_threads(threads())
+    log = []
+    run = cnn_case(log)
+    print(f"ready torch {torch.__version__} threads {torch.get_num_threads()}", flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if words[:1] == ["cpu"]:
+            n = int(words[1])
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(n):
+                run()
+            w1, c1 = time.perf_counter(), time.process_time()
+            print(f"{(w1 - w0) / n!r} {(c1 - c0) / n!r}", flush=True)
+        else:
+            run()
+            print(" ".join(repr(t) for t in log[-1]), flush=True)
+
+
 def split_table(title, rows, warmup):
     print(f"### {title}\n")
     print("| case | forward (zero_grad + forward + loss) ms | backward ms | optimizer step ms | step ms (sum of medians) |")
@@ -141,6 +201,11 @@ def main():
         table(f"{key}, one Adam step, batch 128", s)
     split_table("where the step's time goes (medians)",
                 [(f"PyTorch {k}", v) for k, v in logs.items()], warmup)
+
+    cnn_log = []
+    s = compare([("PyTorch CNN + torch.optim.Adam", cnn_case(cnn_log))], warmup, reps(40))
+    table("CNN (benches/conv.rs), one Adam step, batch 64", s)
+    split_table("CNN: where the step's time goes (medians)", [("PyTorch CNN", cnn_log)], warmup)
 
     # The matmul of step_anatomy.rs: 128x784 by 784x1024.
     x = torch.rand(B, 784) * 4 - 2
@@ -179,4 +244,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if "--serve-cnn" in sys.argv[1:]:
+        serve_cnn()
+    else:
+        main()

@@ -15,7 +15,7 @@ use dfdx_grow::dfdx::optim::{Adam as DAdam, AdamConfig as DAdamConfig, Optimizer
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::optim::{Adam, AdamConfig, NewUnitSteps, Optimizer};
 use dfdx_grow::rand::{rngs::StdRng, Rng, SeedableRng};
-use dfdx_grow::{Activation, Init, Linear, Matrix, Mlp, Params};
+use dfdx_grow::{Activation, Data, Init, Linear, Matrix, Mlp, Params};
 
 const B: usize = 128;
 type X = Tensor<Rank2<B, 784>, f32, Cpu>;
@@ -41,9 +41,34 @@ fn ours_step(
     x: &Matrix<f32, Cpu>,
     y: &Matrix<f32, Cpu>,
 ) -> Phases {
+    step_with(mlp, opt, x, y, false)
+}
+
+/// As [`ours_step`], the input wrapped in [`Data`] (no input gradient).
+fn data_step(
+    mlp: &mut Mlp<f32, Cpu>,
+    opt: &mut dyn Optimizer<f32, Cpu>,
+    x: &Matrix<f32, Cpu>,
+    y: &Matrix<f32, Cpu>,
+) -> Phases {
+    step_with(mlp, opt, x, y, true)
+}
+
+fn step_with(
+    mlp: &mut Mlp<f32, Cpu>,
+    opt: &mut dyn Optimizer<f32, Cpu>,
+    x: &Matrix<f32, Cpu>,
+    y: &Matrix<f32, Cpu>,
+    data: bool,
+) -> Phases {
     let t0 = Instant::now();
     let grads = mlp.try_alloc_grads().unwrap();
-    let out = mlp.forward(x.clone().traced(grads));
+    let traced = x.clone().traced(grads);
+    let out = if data {
+        mlp.forward(Data(traced))
+    } else {
+        mlp.forward(traced)
+    };
     let loss = cross_entropy_with_logits_loss(out, y.clone());
     let t1 = Instant::now();
     let mut grads = loss.backward();
@@ -134,6 +159,9 @@ fn split_table(title: &str, rows: &[(&str, &RefCell<Vec<Phases>>)], warmup: usiz
 
 const WARMUP: usize = 3;
 
+/// The crate's step with the input wrapped in `Data` (benches/vs_torch.sh reads this name).
+const DATA_CASE: &str = "dfdx-grow Mlp (input as Data) + optim::Adam";
+
 fn dcfg() -> DAdamConfig {
     DAdamConfig {
         lr: 1e-3,
@@ -149,15 +177,24 @@ macro_rules! compare_with_dfdx {
         let (xs, ys, x, y) = data(dev);
         let mut $m = dev.build_module::<$model, f32>();
         let mut mlp = twin(dev, &$layers);
+        let mut mlp_data = mlp.clone();
         let mut dopt = DAdam::new(&$m, dcfg());
         let mut opt = Adam::<f32>::new(AdamConfig::default()).unwrap();
-        let (la, lb) = (RefCell::new(vec![]), RefCell::new(vec![]));
+        let mut opt_data = Adam::<f32>::new(AdamConfig::default()).unwrap();
+        let (la, lb, lc) = (
+            RefCell::new(vec![]),
+            RefCell::new(vec![]),
+            RefCell::new(vec![]),
+        );
         let mut cases = vec![
             logged("dfdx nn::Linear + dfdx Adam", &la, || {
                 dfdx_step!($m, dopt, xs, ys)
             }),
             logged("dfdx-grow Mlp + optim::Adam", &lb, || {
                 ours_step(&mut mlp, &mut opt, &x, &y)
+            }),
+            logged(DATA_CASE, &lc, || {
+                data_step(&mut mlp_data, &mut opt_data, &x, &y)
             }),
         ];
         let s = compare(&mut cases, 0, WARMUP, reps($reps));
@@ -172,6 +209,7 @@ macro_rules! compare_with_dfdx {
             &[
                 ("dfdx nn::Linear + dfdx Adam", &la),
                 ("dfdx-grow Mlp + optim::Adam", &lb),
+                (DATA_CASE, &lc),
             ],
             WARMUP,
         );
@@ -183,6 +221,13 @@ fn compare_small(dev: &Cpu) {
         (model.0.weight.as_vec(), model.0.bias.as_vec(), 256, 784),
         (model.2.weight.as_vec(), model.2.bias.as_vec(), 10, 256),
     ], "784-256-10", 60);
+}
+
+fn compare_wide(dev: &Cpu) {
+    compare_with_dfdx!(dev, Wide, model => [
+        (model.0.weight.as_vec(), model.0.bias.as_vec(), 1024, 784),
+        (model.2.weight.as_vec(), model.2.bias.as_vec(), 10, 1024),
+    ], "784-1024-10", 40);
 }
 
 fn compare_deep(dev: &Cpu) {
@@ -273,7 +318,12 @@ fn compare_grown(dev: &Cpu) {
 fn main() {
     header("train_step: one Adam step, batch 128, cross-entropy, f32");
     let dev = Cpu::default();
+    // `BENCH_ONLY=sizes` runs only the three (a)/(c) comparisons (as benches/vs_torch.sh does).
+    let only_sizes = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "sizes");
     compare_small(&dev);
-    compare_grown(&dev);
+    compare_wide(&dev);
+    if !only_sizes {
+        compare_grown(&dev);
+    }
     compare_deep(&dev);
 }

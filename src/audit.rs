@@ -65,6 +65,9 @@ pub struct GrowthEvent {
     /// Cumulative training FLOPs at the growth.
     #[serde(with = "num::float")]
     pub flops: f64,
+    /// What the learning-rate schedule did at the growth, when the controller runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<String>,
 }
 
 /// Growths a policy wanted but its [`Limits`](crate::policy::Limits) refused. Identical

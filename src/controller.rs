@@ -8,7 +8,8 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditError, AuditLog, AuditRecord, DeclinedEvent, GrowthEvent, RefusedEvent};
-use crate::health::{site_health, HealthRecord};
+use crate::health::{reinitialise_units, site_health, HealthRecord};
+use crate::lr::LrSchedule;
 use crate::optim::Optimizer;
 use crate::policy::{
     load_state_atomically, Decision, Declined, Growth, GrowthPolicy, Metrics, PolicyError,
@@ -118,6 +119,9 @@ pub struct ControllerState {
     /// Health checks not yet done.
     #[serde(default)]
     health_due: Vec<HealthDue>,
+    /// The learning-rate schedule's running state, when the controller runs one.
+    #[serde(default)]
+    lr_schedule: Option<LrSchedule>,
 }
 
 /// The default cap on the memory one growth may allocate (see
@@ -166,6 +170,7 @@ pub struct GrowthController {
     pending_declined: Option<PendingDeclined>,
     /// The site names the policy was last checked against.
     checked_sites: Option<Vec<String>>,
+    lr_schedule: Option<LrSchedule>,
 }
 
 impl GrowthController {
@@ -182,7 +187,21 @@ impl GrowthController {
             health_due: Vec::new(),
             pending_declined: None,
             checked_sites: None,
+            lr_schedule: None,
         }
+    }
+
+    /// Drives the optimizer's learning rate by `schedule`: at every observation the rate for
+    /// the next update is set from the step and FLOPs, and a growth tells the schedule (its
+    /// action is written with the growth).
+    pub fn with_lr_schedule(mut self, schedule: LrSchedule) -> Self {
+        self.lr_schedule = Some(schedule);
+        self
+    }
+
+    /// The learning-rate schedule, if the controller runs one.
+    pub fn lr_schedule(&self) -> Option<&LrSchedule> {
+        self.lr_schedule.as_ref()
     }
 
     /// Records every growth, refusal, undone growth and health check in `log`.
@@ -259,6 +278,9 @@ impl GrowthController {
         opt: &mut dyn Optimizer<E, D>,
         probe: Option<&dyn LossProbe<M>>,
     ) -> Result<Outcome, ControllerError> {
+        // Health checks first, a transaction of their own: a failure leaves everything as it
+        // was, before the policy sees this observation.
+        self.check_health(m, model, probe)?;
         let names = m.site_names();
         if self.checked_sites.as_ref() != Some(&names) {
             self.policy.check(m)?;
@@ -325,6 +347,9 @@ impl GrowthController {
         }
         match (&decision, &outcome) {
             (Some(d), Outcome::Grown(events)) => {
+                if let Some(s) = &mut self.lr_schedule {
+                    s.on_growth(m.step, m.flops);
+                }
                 // Checked in `apply` before anything was written; should a device error still
                 // stop it, the optimizer pads at its next update, which is just as correct.
                 let _ = opt.sync(model);
@@ -336,7 +361,10 @@ impl GrowthController {
             }
             _ => {}
         }
-        self.check_health(m, model, probe)?;
+        if let Some(s) = &self.lr_schedule {
+            // The rate of the next update; a schedule's rates are finite and >= 0.
+            let _ = opt.set_lr(s.lr(m.step, m.flops));
+        }
         Ok(outcome)
     }
 
@@ -460,6 +488,7 @@ impl GrowthController {
                     policy: d.policy.clone(),
                     reason: d.reason.clone(),
                     evidence: d.evidence.clone(),
+                    lr: self.lr_schedule.as_ref().map(LrSchedule::action),
                     ..e
                 }),
                 Err(e) => {
@@ -541,6 +570,7 @@ impl GrowthController {
             loss_before: None,
             loss_after: None,
             flops: m.flops,
+            lr: None,
         })
     }
 
@@ -566,11 +596,13 @@ impl GrowthController {
         Ok(())
     }
 
-    /// Runs the health checks that are due; writes their records.
+    /// Runs the health checks that are due and writes their records; with
+    /// [`HealthAction::Reinitialise`], gives the dead units of mostly dead cohorts a fresh
+    /// start. All or nothing: on error the model and the due checks are as they were.
     fn check_health<E: Real, D: Device<E>, M: Growable<E, D>>(
         &mut self,
         m: &Metrics,
-        model: &M,
+        model: &mut M,
         probe: Option<&dyn LossProbe<M>>,
     ) -> Result<(), ControllerError> {
         let Some(check) = self.health.clone() else {
@@ -584,26 +616,54 @@ impl GrowthController {
         if due.is_empty() {
             return Ok(());
         }
+        let backup = model.clone();
+        let mut rng = StdRng::seed_from_u64(self.seed ^ m.step.wrapping_mul(0xD1B5_4A32_D192_ED03));
         let mut records = Vec::new();
         for h in &due {
-            let Some(activity) = probe.and_then(|p| p.activity(model, &h.site)) else {
-                continue;
-            };
-            let cohorts = self.cohorts(&h.site, activity.width);
-            let Ok(cohorts) = site_health(model, &h.site, &activity, &cohorts) else {
-                continue;
-            };
-            let _ = check.dead_share;
-            records.push(AuditRecord::Health(HealthRecord {
+            let mut record = HealthRecord {
                 step: m.step,
                 epoch: m.epoch,
                 site: h.site.clone(),
-                cohorts,
+                cohorts: Vec::new(),
                 reinitialised: 0,
-            }));
+                mostly_dead: Vec::new(),
+                note: None,
+            };
+            let measured = probe
+                .and_then(|p| p.activity(model, &h.site))
+                .ok_or_else(|| "the probe does not report unit activity".to_string())
+                .and_then(|a| {
+                    let cohorts = self.cohorts(&h.site, a.width);
+                    site_health(model, &h.site, &a, &cohorts)
+                        .map(|c| (a, c))
+                        .map_err(|e| e.to_string())
+                });
+            match measured {
+                Err(why) => record.note = Some(format!("not measured: {why}")),
+                Ok((activity, cohorts)) => {
+                    let mut dead = Vec::new();
+                    for c in cohorts.iter().filter(|c| c.born > 0) {
+                        if c.dead as f64 >= check.dead_share * c.len() as f64 && c.dead > 0 {
+                            record.mostly_dead.push(c.born);
+                            dead.extend(c.units.clone().filter(|&u| activity.share(u) == 0.0));
+                        }
+                    }
+                    if check.action == HealthAction::Reinitialise && !dead.is_empty() {
+                        match reinitialise_units(model, &h.site, &dead, &mut rng) {
+                            Ok(()) => record.reinitialised = dead.len(),
+                            Err(e) => record.note = Some(format!("not re-initialised: {e}")),
+                        }
+                    }
+                    record.cohorts = cohorts;
+                }
+            }
+            records.push(AuditRecord::Health(record));
         }
-        if let (Some(log), false) = (&mut self.audit, records.is_empty()) {
-            log.append_all(&records)?;
+        if let Some(log) = &mut self.audit {
+            if let Err(e) = log.append_all(&records) {
+                *model = backup;
+                return Err(e.into());
+            }
         }
         self.health_due = later;
         Ok(())
@@ -636,6 +696,7 @@ impl GrowthController {
             seed: self.seed,
             pending_declined: self.pending_declined.clone(),
             health_due: self.health_due.clone(),
+            lr_schedule: self.lr_schedule.clone(),
         }
     }
 
@@ -643,11 +704,27 @@ impl GrowthController {
     /// policy's state, the event history, the random stream of inits, the declined growths
     /// not yet written and the health checks not yet done. On error nothing changes.
     pub fn restore(&mut self, state: &ControllerState) -> Result<(), ControllerError> {
+        if self.lr_schedule.is_some() != state.lr_schedule.is_some() {
+            return Err(ControllerError::State(format!(
+                "the saved state {} a learning-rate schedule, this controller {}",
+                if state.lr_schedule.is_some() {
+                    "has"
+                } else {
+                    "has no"
+                },
+                if self.lr_schedule.is_some() {
+                    "has one"
+                } else {
+                    "has none"
+                }
+            )));
+        }
         load_state_atomically(self.policy.as_mut(), &state.policy)?;
         self.events = state.events.clone();
         self.seed = state.seed;
         self.pending_declined = state.pending_declined.clone();
         self.health_due = state.health_due.clone();
+        self.lr_schedule = state.lr_schedule.clone();
         Ok(())
     }
 }

@@ -98,13 +98,26 @@ pub trait Expandable<E> {
     /// width.
     fn input_column(&self, unit: usize) -> Option<Vec<E>>;
 
-    /// The L2 norm of every output unit's fan-in and bias (for health reports). The default
-    /// reads the units one by one; a layer can do it in one pass.
+    /// The L2 norm of every output unit's fan-in weights (bias excluded). The default reads
+    /// the units one by one; a layer can do it in one pass.
     fn output_norms(&self) -> Vec<f64>
     where
         E: Real,
     {
         crate::health::output_norms(self)
+    }
+
+    /// Every output unit's bias.
+    fn output_biases(&self) -> Vec<f64>
+    where
+        E: Real,
+    {
+        (0..self.out_width())
+            .map(|u| {
+                self.output_unit(u)
+                    .map_or(f64::NAN, |(_, b)| b.to_f64().unwrap_or(f64::NAN))
+            })
+            .collect()
     }
 
     /// The L2 norm of every input unit's fan-out.
@@ -113,6 +126,31 @@ pub trait Expandable<E> {
         E: Real,
     {
         crate::health::input_norms(self)
+    }
+
+    /// Overwrites the fan-in and bias of output units `units` (`fan_in` unit-major, one row
+    /// per listed unit), e.g. to give dead units a fresh start. Default: not supported.
+    fn replace_outputs(
+        &mut self,
+        units: &[usize],
+        fan_in: &[E],
+        bias: &[E],
+    ) -> Result<(), GrowError> {
+        let _ = (units, fan_in, bias);
+        Err(GrowError::InitMismatch {
+            init: "replace",
+            reason: "this layer cannot overwrite existing units".into(),
+        })
+    }
+
+    /// Overwrites the fan-out of input units `units` (`fan_out` unit-major). Default: not
+    /// supported.
+    fn replace_inputs(&mut self, units: &[usize], fan_out: &[E]) -> Result<(), GrowError> {
+        let _ = (units, fan_out);
+        Err(GrowError::InitMismatch {
+            init: "replace",
+            reason: "this layer cannot overwrite existing units".into(),
+        })
     }
 
     /// Appends `bias.len()` output units: `fan_in` holds their weights, unit-major

@@ -8,7 +8,7 @@ use dfdx::prelude::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::num;
-use crate::{Expandable, GrowError, Growable, Real};
+use crate::{Expandable, GrowError, Growable, Init, Real};
 
 /// Which units were active on which examples of a batch: `active[e * width + u]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,7 +67,7 @@ pub struct CohortHealth {
     /// The mean over units of the share of examples on which a unit is active.
     #[serde(with = "num::float")]
     pub mean_active: f64,
-    /// The mean L2 norm of a unit's fan-in (weights and bias).
+    /// The mean L2 norm of a unit's fan-in weights.
     #[serde(with = "num::float")]
     pub fan_in_norm: f64,
     /// The mean L2 norm of a unit's fan-out, over every consumer.
@@ -101,6 +101,12 @@ pub struct HealthRecord {
     /// Dead units re-initialised after this measurement (see the controller's health guard).
     #[serde(default)]
     pub reinitialised: usize,
+    /// Cohorts added by a growth with at least the check's share of dead units.
+    #[serde(default)]
+    pub mostly_dead: Vec<u64>,
+    /// Why nothing was measured, when nothing was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Added units against original ones, summed over the cohorts of one or more sites.
@@ -200,13 +206,51 @@ pub fn site_health<E: Real, D: Device<E>, M: Growable<E, D>>(
         .collect()
 }
 
-/// The L2 norm of a unit's fan-in and bias, for every output unit of `layer`.
+/// Gives units `units` of site `site` a fresh fan-in (drawn as [`Init::ZerosOut`] draws it)
+/// and a zero fan-out in every consumer. For units that are dead on a batch the function is
+/// unchanged on that batch (they added nothing), and their fan-out's zero makes the change
+/// exact everywhere; they can then learn again as new units. Atomic: on error the model is
+/// as it was.
+pub fn reinitialise_units<E: Real, D: Device<E>, M: Growable<E, D>>(
+    model: &mut M,
+    site: &str,
+    units: &[usize],
+    rng: &mut dyn rand::RngCore,
+) -> Result<(), GrowError> {
+    if units.is_empty() {
+        return Ok(());
+    }
+    let backup = model.clone();
+    let result = (|| {
+        let sites = model.sites();
+        let s = model.site_mut(site).ok_or_else(|| GrowError::NoSuchSite {
+            name: site.to_string(),
+            sites: crate::site::site_names(&sites),
+        })?;
+        let fresh = {
+            let consumers: Vec<&dyn Expandable<E>> = s.consumers.iter().map(|c| &**c).collect();
+            Init::ZerosOut.plan(&*s.producer, &consumers, units.len(), rng)?
+        };
+        s.producer
+            .replace_outputs(units, &fresh.fan_in, &fresh.bias)?;
+        for (c, zeros) in s.consumers.into_iter().zip(&fresh.fan_out) {
+            c.replace_inputs(units, zeros)?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        *model = backup;
+    }
+    result
+}
+
+/// The L2 norm of a unit's fan-in weights, for every output unit of `layer`.
 pub(crate) fn output_norms<E: Real>(layer: &(impl Expandable<E> + ?Sized)) -> Vec<f64> {
     (0..layer.out_width())
         .map(|u| {
-            layer.output_unit(u).map_or(f64::NAN, |(w, b)| {
-                crate::params::l2_norm(&w).hypot(b.to_f64().unwrap_or(f64::NAN))
-            })
+            layer
+                .output_unit(u)
+                .map_or(f64::NAN, |(w, _)| crate::params::l2_norm(&w))
         })
         .collect()
 }

@@ -16,7 +16,8 @@ use crate::{Expandable, GrowError, Real};
 ///
 /// | init | fan-in | fan-out | exact | learnable |
 /// |---|---|---|---|---|
-/// | [`Init::ZerosOut`] (default) | fresh random | 0 | yes | yes |
+/// | [`Init::ZerosOut`] (default) | random, scaled like the existing units' | 0 | yes | yes |
+/// | [`Init::ZerosOutFresh`] | fresh random, like a new layer | 0 | yes | yes, but most new units die mid-run |
 /// | [`Init::MirrorPairs`] | random, same for each pair | `+v` / `-v` | yes (needs even k) | yes, from step one |
 /// | [`Init::CopyHalveNoise`] | copy of a random unit | half of it, plus noise | no | yes |
 /// | [`Init::ZerosBoth`] | 0 | 0 | yes | no: gradients stay zero |
@@ -24,9 +25,17 @@ use crate::{Expandable, GrowError, Real};
 /// | [`Init::CopyHalve`] | copy of a random unit | half of it | yes | no: pair stays collapsed |
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub enum Init {
-    /// New fan-in sampled like a fresh layer, new bias zero, new fan-out zero.
+    /// New fan-out zero; new fan-in sampled like a fresh layer, then each row scaled to the
+    /// mean norm of the existing units' fan-in, and new biases set to their mean bias, so the
+    /// new units start on the scale the network has trained its units to (a fresh layer's
+    /// scale is what the existing units started from, not where they are). With
+    /// [`crate::optim::AdamConfig::new_unit_eps`] this keeps new units alive mid-run; see the
+    /// README. A site with no unit yet falls back to [`Init::ZerosOutFresh`].
     #[default]
     ZerosOut,
+    /// New fan-in sampled like a fresh layer, new bias zero, new fan-out zero: the behaviour
+    /// before [`Init::ZerosOut`] matched the existing units, kept for comparison.
+    ZerosOutFresh,
     /// New fan-in, bias and fan-out all zero. Rejected: the new weights never get a gradient.
     ZerosBoth,
     /// New fan-in set to one constant, bias and fan-out zero. Rejected: all new units are
@@ -69,6 +78,7 @@ impl Init {
     pub fn name(&self) -> &'static str {
         match self {
             Init::ZerosOut => "ZerosOut",
+            Init::ZerosOutFresh => "ZerosOutFresh",
             Init::ZerosBoth => "ZerosBoth",
             Init::ConstantFanIn { .. } => "ConstantFanIn",
             Init::CopyHalve => "CopyHalve",
@@ -150,7 +160,11 @@ impl Init {
             rescale: Vec::new(),
         };
         match self {
-            Init::ZerosOut => units.fan_in = uniform(k * fan_in, producer.init_bound(), rng),
+            Init::ZerosOut => {
+                units.fan_in = uniform(k * fan_in, producer.init_bound(), rng);
+                match_existing(&mut units, producer, k);
+            }
+            Init::ZerosOutFresh => units.fan_in = uniform(k * fan_in, producer.init_bound(), rng),
             Init::ZerosBoth => {}
             Init::ConstantFanIn { value } => units.fan_in = vec![cast(*value); k * fan_in],
             Init::CopyHalve | Init::CopyHalveNoise { .. } => {
@@ -193,6 +207,29 @@ impl Init {
         }
         Ok(units)
     }
+}
+
+/// Scales each new fan-in row to the mean norm of the producer's existing rows and sets the
+/// new biases to their mean; leaves the fresh draw where the producer has no unit (or its
+/// rows are all zero, which would make the new units a trap of their own).
+fn match_existing<E: Real>(units: &mut NewUnits<E>, producer: &dyn Expandable<E>, k: usize) {
+    let norms = producer.output_norms();
+    let biases = producer.output_biases();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (target, bias) = (mean(&norms), mean(&biases));
+    if norms.is_empty() || !(target.is_finite() && target > 0.0) || !bias.is_finite() {
+        return;
+    }
+    let fan_in = units.fan_in.len() / k.max(1);
+    for row in units.fan_in.chunks_mut(fan_in.max(1)) {
+        let n = crate::params::l2_norm(row);
+        if n > 0.0 {
+            let scale = E::from_f64(target / n).unwrap_or_else(E::one);
+            row.iter_mut().for_each(|w| *w *= scale);
+        }
+    }
+    let b = E::from_f64(bias).unwrap_or_else(E::zero);
+    units.bias.iter_mut().for_each(|x| *x = b);
 }
 
 /// Net2Net's split: each new unit copies a random existing unit (distinct while they last),

@@ -15,6 +15,8 @@ pub mod audit;
 pub mod checkpoint;
 mod codec;
 mod controller;
+mod conv;
+mod data_matmul;
 mod error;
 mod expandable;
 pub mod flops;
@@ -30,6 +32,7 @@ mod params;
 pub mod policy;
 mod report;
 mod resmlp;
+pub mod sampling;
 mod site;
 
 pub use activation::Activation;
@@ -37,6 +40,8 @@ pub use controller::{
     ControllerError, ControllerState, GrowthController, HealthAction, HealthCheck, Outcome,
     DEFAULT_MAX_GROWTH_BYTES,
 };
+pub use conv::{flatten, Conv2d, FlatLinear, Images};
+pub use data_matmul::Data;
 pub use error::GrowError;
 pub use expandable::{grow_between, Expandable};
 pub use init::{Init, NewUnits};

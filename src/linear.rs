@@ -32,11 +32,10 @@ pub struct Linear<E: Dtype, D: Device<E>> {
     pub bias: Vector<E, D>,
 }
 
-/// Samples `n` values uniformly in `[-bound, bound)`, the way a fresh dfdx layer is initialised.
+/// Samples `n` values uniformly in `(-bound, bound)`, the way a fresh dfdx layer is
+/// initialised, in bulk (see [`crate::sampling::uniform`]).
 pub(crate) fn uniform<E: Real>(n: usize, bound: f64, rng: &mut (impl Rng + ?Sized)) -> Vec<E> {
-    (0..n)
-        .map(|_| E::from_f64(rng.gen_range(-1.0..1.0) * bound).unwrap_or_else(E::zero))
-        .collect()
+    crate::sampling::uniform(n, bound, rng)
 }
 
 impl<E: Real, D: Device<E>> Linear<E, D> {
@@ -122,12 +121,18 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
     }
 
     fn output_norms(&self) -> Vec<f64> {
-        let (w, b) = (self.weight.as_vec(), self.bias.as_vec());
-        let inp = self.in_width().max(1);
-        w.chunks(inp)
-            .zip(&b)
-            .map(|(row, &b)| crate::params::l2_norm(row).hypot(b.to_f64().unwrap_or(f64::NAN)))
+        let w = self.weight.as_vec();
+        if self.in_width() == 0 {
+            return vec![0.0; self.out_width()];
+        }
+        w.chunks(self.in_width())
+            .map(crate::params::l2_norm)
             .collect()
+    }
+
+    fn output_biases(&self) -> Vec<f64> {
+        let b = self.bias.as_vec();
+        b.iter().map(|b| b.to_f64().unwrap_or(f64::NAN)).collect()
     }
 
     fn input_norms(&self) -> Vec<f64> {
@@ -140,6 +145,38 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
             }
         }
         sums.iter().map(|s| s.sqrt()).collect()
+    }
+
+    fn replace_outputs(
+        &mut self,
+        units: &[usize],
+        fan_in: &[E],
+        bias: &[E],
+    ) -> Result<(), GrowError> {
+        let (out, inp) = *self.weight.shape();
+        check_units(units, out, fan_in.len(), inp, bias.len())?;
+        let (mut w, mut b) = (self.weight.as_vec(), self.bias.as_vec());
+        for (j, &u) in units.iter().enumerate() {
+            w[u * inp..(u + 1) * inp].copy_from_slice(&fan_in[j * inp..(j + 1) * inp]);
+            b[u] = bias[j];
+        }
+        // In place: the tensors keep their ids.
+        self.weight.copy_from(&w);
+        self.bias.copy_from(&b);
+        Ok(())
+    }
+
+    fn replace_inputs(&mut self, units: &[usize], fan_out: &[E]) -> Result<(), GrowError> {
+        let (out, inp) = *self.weight.shape();
+        check_units(units, inp, fan_out.len(), out, units.len())?;
+        let mut w = self.weight.as_vec();
+        for (j, &u) in units.iter().enumerate() {
+            for r in 0..out {
+                w[r * inp + u] = fan_out[j * out + r];
+            }
+        }
+        self.weight.copy_from(&w);
+        Ok(())
     }
 
     fn grow_outputs(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
@@ -174,6 +211,31 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
     fn grow_inputs(&mut self, fan_out: &[E], rescale: &[(usize, E)]) -> Result<(), GrowError> {
         self.grow_input_groups(1, fan_out, rescale)
     }
+}
+
+/// Checks a list of `units` below `width` with `values` of `per_unit` each and `n` extras.
+fn check_units(
+    units: &[usize],
+    width: usize,
+    values: usize,
+    per_unit: usize,
+    n: usize,
+) -> Result<(), GrowError> {
+    if let Some(&u) = units.iter().find(|&&u| u >= width) {
+        return Err(GrowError::ShapeMismatch {
+            what: "a unit to replace".into(),
+            expected: width,
+            found: u,
+        });
+    }
+    if Some(values) != units.len().checked_mul(per_unit) || n != units.len() {
+        return Err(GrowError::ShapeMismatch {
+            what: "the values of the units to replace".into(),
+            expected: units.len().saturating_mul(per_unit),
+            found: values,
+        });
+    }
+    Ok(())
 }
 
 impl<E: Real, D: Device<E>> Linear<E, D> {

@@ -223,9 +223,14 @@ impl LrSchedule {
     }
 
     /// Tells the schedule a growth happened at `step` with `flops` spent; returns a line for
-    /// the audit log.
+    /// the audit log ([`LrSchedule::action`]).
     pub fn on_growth(&mut self, step: u64, flops: f64) -> String {
         self.last_growth = Some((step, flops));
+        self.action()
+    }
+
+    /// What a growth does to the rate, as the audit log says it.
+    pub fn action(&self) -> String {
         match self.spec.on_growth {
             OnGrowth::Keep => "lr: keep".into(),
             OnGrowth::Rewarm { steps } => format!("lr: re-warm over {steps} steps"),

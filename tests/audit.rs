@@ -43,6 +43,7 @@ fn event(step: u64) -> GrowthEvent {
         loss_before: Some(0.5),
         loss_after: Some(0.5),
         flops: step as f64 * 1e6,
+        lr: None,
     }
 }
 

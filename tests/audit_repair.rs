@@ -43,6 +43,7 @@ fn record(step: u64, n_evidence: usize) -> AuditRecord {
         loss_before: Some(0.5),
         loss_after: Some(0.5),
         flops: step as f64 * 1e6,
+        lr: None,
     })
 }
 

@@ -513,6 +513,7 @@ fn optimizer_state_is_validated_whole_before_the_optimizer_changes() {
     st.tensors[0].rows.push(dfdx_grow::optim::Cohort {
         start: 1000,
         born: 1,
+        eps: None,
     });
     refused_unchanged(&past, &mut victim, &mlp, "cohort starts at 1000");
     assert!(
@@ -528,6 +529,9 @@ fn optimizer_state_is_validated_whole_before_the_optimizer_changes() {
     let mut late = ckpt.clone();
     late.optimizer.as_mut().unwrap().tensors[1].rows[0].born = 99;
     refused_unchanged(&late, &mut victim, &mlp, "born at step 99");
+    let mut nan_eps = ckpt.clone();
+    nan_eps.optimizer.as_mut().unwrap().tensors[0].rows[0].eps = Some(f64::NAN);
+    refused_unchanged(&nan_eps, &mut victim, &mlp, "epsilon");
     let mut short = ckpt.clone();
     short.optimizer.as_mut().unwrap().tensors[2].buffers[1].pop();
     refused_unchanged(&short, &mut victim, &mlp, "buffer of");
@@ -622,6 +626,7 @@ fn overflowing_dims_in_a_file_are_a_format_error_not_a_panic() {
             t.cols.push(dfdx_grow::optim::Cohort {
                 start: usize::MAX,
                 born: 0,
+                eps: None,
             });
         },
     ] {

@@ -119,11 +119,30 @@ fn expansion_adds_the_right_rows_columns_and_parameters() {
     );
     assert_eq!(report.params_after, mlp.num_params());
     let new = snapshot(&mlp);
-    // Old fan-in rows kept, new rows random and non-zero, new bias zero.
+    // Old fan-in rows kept; new rows random and non-zero, each with the old rows' mean norm;
+    // new biases the old ones' mean.
     assert_eq!(&new[2][..4 * 7], &old[2][..]);
     assert!(new[2][4 * 7..].iter().all(|w| *w != 0.0));
+    let norm = |r: &[f64]| r.iter().map(|w| w * w).sum::<f64>().sqrt();
+    let mean_norm = old[2].chunks(7).map(norm).sum::<f64>() / 4.0;
+    for row in new[2][4 * 7..].chunks(7) {
+        assert!(
+            (norm(row) - mean_norm).abs() < 1e-12,
+            "{} vs {mean_norm}",
+            norm(row)
+        );
+    }
     assert_eq!(&new[3][..4], &old[3][..]);
-    assert!(new[3][4..].iter().all(|b| *b == 0.0));
+    let mean_bias = old[3].iter().sum::<f64>() / 4.0;
+    assert!(new[3][4..].iter().all(|b| (*b - mean_bias).abs() < 1e-15));
+    // The behaviour before, kept as ZerosOutFresh: fresh scale, zero bias.
+    let mut fresh = Mlp::<f64, Cpu>::new(&[5, 7, 4, 3], Activation::Tanh, &dev, &mut rng);
+    fresh
+        .expand_hidden(1, 6, &Init::ZerosOutFresh, &mut rng)
+        .unwrap();
+    let f = snapshot(&fresh);
+    assert!(f[3][4..].iter().all(|b| *b == 0.0));
+    assert!(f[2][4 * 7..].iter().all(|w| w.abs() < 1.0 / 7f64.sqrt()));
     // Consumer: old columns kept, the six new columns zero.
     for r in 0..3 {
         assert_eq!(&new[4][r * 10..r * 10 + 4], &old[4][r * 4..(r + 1) * 4]);

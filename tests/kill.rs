@@ -62,6 +62,7 @@ fn record(step: u64) -> AuditRecord {
         loss_before: Some(0.5),
         loss_after: None,
         flops: step as f64 * 1e6,
+        lr: None,
     })
 }
 

@@ -204,14 +204,22 @@ fn after_zeros_out_growth_old_weights_update_exactly_as_without_growth() {
 }
 
 /// Trains 200 steps, grows the hidden layer with ZerosOut, takes one step, and returns the
-/// size of that step for every new fan-out weight divided by lr.
+/// size of that step for every new fan-out weight divided by lr (with the plain epsilon for
+/// new entries: `new_unit_eps` 0).
 fn first_step_of_new_weights(mode: NewUnitSteps) -> Vec<f64> {
+    first_step_with(mode, 0.0).0
+}
+
+/// As [`first_step_of_new_weights`] with `new_unit_eps`; also returns the new fan-out's
+/// gradients and the consumer weight's second moment before the growth.
+fn first_step_with(mode: NewUnitSteps, new_unit_eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let dev = Cpu::default();
     let mut rng = rng(8);
     let lr = 1e-3;
     let mut opt = Adam::<f64>::new(AdamConfig {
         lr,
         new_units: mode,
+        new_unit_eps,
         ..Default::default()
     })
     .unwrap();
@@ -221,14 +229,36 @@ fn first_step_of_new_weights(mode: NewUnitSteps) -> Vec<f64> {
     for _ in 0..200 {
         step(&mut mlp, &mut opt, &x, &y);
     }
+    let v_before = opt.state().tensors[2].buffers[1].clone();
     mlp.expand_hidden(0, 4, &Init::ZerosOut, &mut rng).unwrap();
     let before = snapshot(&mlp)[2].clone();
-    step(&mut mlp, &mut opt, &x, &y);
+    let (_, mut grads) = step(&mut mlp, &mut opt, &x, &y);
     let after = snapshot(&mlp)[2].clone();
-    (0..2)
-        .flat_map(|r| (3..7).map(move |c| r * 7 + c))
-        .map(|i| (after[i] - before[i]).abs() / lr)
-        .collect()
+    let new = || (0..2).flat_map(|r| (3..7).map(move |c| r * 7 + c));
+    let g = grads_of(&mlp, &mut grads)[2].clone();
+    (
+        new().map(|i| (after[i] - before[i]).abs() / lr).collect(),
+        new().map(|i| g[i]).collect(),
+        v_before,
+    )
+}
+
+#[test]
+fn new_entries_get_an_epsilon_relative_to_the_old_entries_update_scale() {
+    let (steps, grads, v) = first_step_with(NewUnitSteps::Cohort, 0.03);
+    // eps_new = max(1e-8, 0.03 * mean sqrt(v / (1 - b2^200))) over the old entries.
+    let c2 = 1.0 - 0.999f64.powi(200);
+    let eps = 0.03 * v.iter().map(|v| (v / c2).sqrt()).sum::<f64>() / v.len() as f64;
+    assert!(eps > 1e-6, "{eps}");
+    for (s, g) in steps.iter().zip(&grads) {
+        // The first step of a fresh cohort: lr * |g| / (|g| + eps_new).
+        let want = g.abs() / (g.abs() + eps);
+        assert!(
+            (s - want).abs() < 1e-6 * want.max(1e-3),
+            "step {s}, want {want}"
+        );
+        assert!(*s < 0.99, "smaller than the plain first step");
+    }
 }
 
 #[test]

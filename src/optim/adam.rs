@@ -1,10 +1,13 @@
 //! Adam and AdamW, with a step count of their own for every growth cohort.
 
+use dfdx::prelude::{Cpu, Device, Gradients};
 use serde::{Deserialize, Serialize};
 
 use super::adaptor::{GrowingOptimizer, Kernel, StepContext, MAX_BUFFERS};
+use super::inplace::{adam_in_place, InPlace};
+use super::state::TensorState;
 use super::{check_hyper, check_weight_decay, WeightDecay};
-use crate::{GrowError, Real};
+use crate::{GrowError, ParamMut, Real};
 
 /// Which step count drives the bias correction of weights added by a growth.
 ///
@@ -37,6 +40,20 @@ pub struct AdamConfig {
     pub weight_decay: Option<WeightDecay>,
     /// The step count of new weights. Default [`NewUnitSteps::Cohort`].
     pub new_units: NewUnitSteps,
+    /// The epsilon of weights added by a growth, relative to the existing weights' update
+    /// scale: a growth at step `T` gives its new entries `eps_new = max(eps, new_unit_eps *
+    /// mean over the tensor's existing entries of sqrt(v_hat))`, with `v_hat` Adam's
+    /// bias-corrected second moment. A new unit's gradients are tiny (its fan-out starts at
+    /// zero) and all of one sign when its inputs are non-negative; with the plain `eps` Adam
+    /// turns them into full-size steps that push most new units below zero for good. This
+    /// keeps their first steps in proportion to their gradients. `0` gives every weight
+    /// `eps` (the behaviour before). Default `0.03`.
+    #[serde(default = "default_new_unit_eps")]
+    pub new_unit_eps: f64,
+}
+
+fn default_new_unit_eps() -> f64 {
+    0.03
 }
 
 impl Default for AdamConfig {
@@ -47,6 +64,7 @@ impl Default for AdamConfig {
             eps: 1e-8,
             weight_decay: None,
             new_units: NewUnitSteps::Cohort,
+            new_unit_eps: default_new_unit_eps(),
         }
     }
 }
@@ -55,7 +73,10 @@ impl Default for AdamConfig {
 /// zero, each growth cohort with its own step count (see [`NewUnitSteps`]).
 pub type Adam<E> = GrowingOptimizer<AdamConfig, E>;
 
-impl<E: Real> Adam<E> {
+impl<E: Real> Adam<E>
+where
+    Cpu: Device<E>,
+{
     /// AdamW: Adam with decoupled weight decay `wd`.
     pub fn adamw(lr: f64, wd: f64) -> Result<Self, GrowError> {
         Self::new(AdamConfig {
@@ -93,6 +114,12 @@ impl Kernel for AdamConfig {
             )?;
         }
         check_hyper("eps", self.eps, self.eps > 0.0, "must be finite and > 0")?;
+        check_hyper(
+            "new_unit_eps",
+            self.new_unit_eps,
+            self.new_unit_eps >= 0.0,
+            "must be finite and >= 0",
+        )?;
         check_weight_decay(self.weight_decay)
     }
 
@@ -112,13 +139,73 @@ impl Kernel for AdamConfig {
         [
             b1,
             b2,
-            cast(self.eps),
+            cast(ctx.eps.unwrap_or(self.eps)),
             cast(ctx.lr),
             (E::one() - b1.powi(t)).recip(),
             (E::one() - b2.powi(t)).recip(),
             l2,
             decoupled,
         ]
+    }
+
+    fn new_cohort_eps<E: Real>(&self, old: &TensorState<E>, now: u64) -> Option<f64> {
+        if self.new_unit_eps == 0.0 || now == 0 {
+            return None;
+        }
+        // The mean bias-corrected root second moment of the existing entries, each block with
+        // its own step count (as its updates use).
+        let v = old.buffers.get(1)?;
+        let b2 = self.betas[1];
+        let (mut sum, mut n) = (0.0, 0usize);
+        old.for_each_block(|born, _, ranges| {
+            let t = match self.new_units {
+                NewUnitSteps::Cohort => now - born,
+                NewUnitSteps::Global => now,
+            };
+            let c2 = 1.0 - b2.powi(i32::try_from(t).unwrap_or(i32::MAX));
+            for r in ranges {
+                for x in &v[r] {
+                    let x = x.to_f64().unwrap_or(0.0);
+                    if t > 0 && c2 > 0.0 {
+                        sum += (x / c2).sqrt();
+                    }
+                    n += 1;
+                }
+            }
+        });
+        let rel = self.new_unit_eps * sum / n.max(1) as f64;
+        Some(self.eps.max(rel)).filter(|e| e.is_finite())
+    }
+
+    fn update_in_place<E: Real, D: Device<E>>(
+        &self,
+        param: &mut ParamMut<'_, E, D>,
+        grads: &mut Gradients<E, D>,
+        state: &mut [Vec<E>],
+        ctx: &StepContext,
+        scratch: &mut InPlace<E>,
+    ) -> Option<Result<(), GrowError>>
+    where
+        Cpu: Device<E>,
+    {
+        let t = match self.new_units {
+            NewUnitSteps::Cohort => ctx.t,
+            NewUnitSteps::Global => ctx.global_t,
+        };
+        let t = i32::try_from(t).unwrap_or(i32::MAX);
+        let cfg = AdamConfig {
+            lr: ctx.lr,
+            ..*self
+        };
+        let [m, v] = state else {
+            return Some(Err(GrowError::StateMismatch(
+                "Adam keeps two moments".into(),
+            )));
+        };
+        Some(match param {
+            ParamMut::Matrix(w) => adam_in_place(w, grads, &cfg, t, (m, v), scratch),
+            ParamMut::Vector(b) => adam_in_place(b, grads, &cfg, t, (m, v), scratch),
+        })
     }
 
     #[inline(never)]

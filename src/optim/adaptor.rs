@@ -1,11 +1,13 @@
 //! One optimizer that owns the state, the host pass and the accessors; each optimizer only
 //! provides its element kernel (burn's `SimpleOptimizer` + `OptimizerAdaptor` shape).
 
-use dfdx::prelude::{Device, Gradients};
+use dfdx::prelude::{Cpu, Device, Dtype, Gradients};
 use serde::{Deserialize, Serialize};
 
+use super::inplace::InPlace;
 use super::state::{ModelState, TensorState};
 use super::{check_hyper, Optimizer, SavedState, SavedTensor};
+use crate::ParamMut;
 use crate::{GrowError, Params, Real};
 
 /// The most state buffers a kernel may keep per element.
@@ -20,6 +22,9 @@ pub struct StepContext {
     pub global_t: u64,
     /// The learning rate for these elements (the optimizer's, times any new-unit multiplier).
     pub lr: f64,
+    /// The epsilon chosen for these elements when a growth added them
+    /// ([`Kernel::new_cohort_eps`]); `None` for the kernel's own.
+    pub eps: Option<f64>,
 }
 
 /// An optimizer's element-wise update rule.
@@ -58,6 +63,32 @@ pub trait Kernel: Clone + std::fmt::Debug + Send + 'static {
         grad: &[E],
         state: [&mut [E]; MAX_BUFFERS],
     );
+
+    /// The epsilon of entries a growth adds to a tensor whose state is `old` (before the
+    /// growth) at update `now`, when the kernel gives new entries one of their own. Default
+    /// none.
+    fn new_cohort_eps<E: Real>(&self, old: &TensorState<E>, now: u64) -> Option<f64> {
+        let _ = (old, now);
+        None
+    }
+
+    /// Updates a whole tensor whose elements share one context in its own storage (dfdx's
+    /// kernels on the CPU), computing exactly what [`Kernel::update`] computes; `None` when
+    /// the kernel has no such route (the adaptor then updates host copies).
+    fn update_in_place<E: Real, D: Device<E>>(
+        &self,
+        param: &mut ParamMut<'_, E, D>,
+        grads: &mut Gradients<E, D>,
+        state: &mut [Vec<E>],
+        ctx: &StepContext,
+        scratch: &mut InPlace<E>,
+    ) -> Option<Result<(), GrowError>>
+    where
+        Cpu: Device<E>,
+    {
+        let _ = (param, grads, state, ctx, scratch);
+        None
+    }
 }
 
 /// A learning-rate multiplier for the weights of a growth cohort during its first `steps`
@@ -75,13 +106,31 @@ pub struct NewUnitLr {
 /// cohort with its own step count), and a tensor that appears (a new block) gets fresh state.
 ///
 /// [`crate::optim::Adam`] and [`crate::optim::Sgd`] are this adaptor around their kernels.
-#[derive(Clone, Debug)]
-pub struct GrowingOptimizer<K, E> {
+#[derive(Debug)]
+pub struct GrowingOptimizer<K, E: Dtype> {
     kernel: K,
     state: ModelState<E>,
     steps: u64,
     new_unit_lr: Option<NewUnitLr>,
     scratch: Scratch<E>,
+    in_place: InPlace<E>,
+}
+
+impl<K: Clone, E: Dtype> Clone for GrowingOptimizer<K, E>
+where
+    Cpu: Device<E>,
+{
+    /// The configuration and the state; scratch space starts empty.
+    fn clone(&self) -> Self {
+        Self {
+            kernel: self.kernel.clone(),
+            state: self.state.clone(),
+            steps: self.steps,
+            new_unit_lr: self.new_unit_lr,
+            scratch: Scratch::default(),
+            in_place: InPlace::default(),
+        }
+    }
 }
 
 /// Scratch space for one host-side update pass.
@@ -91,7 +140,10 @@ struct Scratch<E> {
     grad: Vec<E>,
 }
 
-impl<K: Kernel, E: Real> GrowingOptimizer<K, E> {
+impl<K: Kernel, E: Real> GrowingOptimizer<K, E>
+where
+    Cpu: Device<E>,
+{
     /// An optimizer running `kernel`, whose hyper-parameters are checked.
     pub fn new(kernel: K) -> Result<Self, GrowError> {
         kernel.check()?;
@@ -101,6 +153,7 @@ impl<K: Kernel, E: Real> GrowingOptimizer<K, E> {
             steps: 0,
             new_unit_lr: None,
             scratch: Scratch::default(),
+            in_place: InPlace::default(),
         })
     }
 
@@ -153,14 +206,20 @@ fn lr_for(lr: f64, new_unit_lr: Option<NewUnitLr>, born: u64, t: u64) -> f64 {
     }
 }
 
-impl<K: Kernel, E: Real, D: Device<E>> Optimizer<E, D> for GrowingOptimizer<K, E> {
+impl<K: Kernel, E: Real, D: Device<E>> Optimizer<E, D> for GrowingOptimizer<K, E>
+where
+    Cpu: Device<E>,
+{
     fn check_sync(&self, model: &dyn Params<E, D>) -> Result<(), GrowError> {
         self.state.plan_sync(&model.param_dims())
     }
 
     fn sync(&mut self, model: &dyn Params<E, D>) -> Result<(), GrowError> {
+        let (kernel, now) = (&self.kernel, self.steps);
         self.state
-            .sync(&model.param_dims(), self.kernel.buffers(), self.steps)
+            .sync(&model.param_dims(), kernel.buffers(), now, &|old| {
+                kernel.new_cohort_eps(old, now)
+            })
     }
 
     fn update(
@@ -172,6 +231,7 @@ impl<K: Kernel, E: Real, D: Device<E>> Optimizer<E, D> for GrowingOptimizer<K, E
         self.steps += 1;
         let now = self.steps;
         let mut scratch = std::mem::take(&mut self.scratch);
+        let mut in_place = std::mem::take(&mut self.in_place);
         let mut tensors = std::mem::take(&mut self.state.tensors);
         let (kernel, new_unit_lr) = (&self.kernel, self.new_unit_lr);
         let lr_for = |born, t| lr_for(kernel.lr(), new_unit_lr, born, t);
@@ -188,6 +248,17 @@ impl<K: Kernel, E: Real, D: Device<E>> Optimizer<E, D> for GrowingOptimizer<K, E
                 return;
             };
             i += 1;
+            // A tensor whose elements all share one context goes to the kernel's in-place
+            // route (no host copies); a tensor split by growth into blocks of different
+            // contexts is updated block by block on host copies.
+            if let Some(ctx) = uniform_context(st, now, &lr_for) {
+                if let Some(r) =
+                    kernel.update_in_place(&mut p, grads, &mut st.buffers, &ctx, &mut in_place)
+                {
+                    result = r;
+                    return;
+                }
+            }
             let n = p.as_ref().len();
             scratch.param.resize(n, E::zero());
             p.as_ref().copy_into(&mut scratch.param);
@@ -203,6 +274,7 @@ impl<K: Kernel, E: Real, D: Device<E>> Optimizer<E, D> for GrowingOptimizer<K, E
         });
         self.state.tensors = tensors;
         self.scratch = scratch;
+        self.in_place = in_place;
         result
     }
 
@@ -269,6 +341,30 @@ impl<K: Kernel, E: Real, D: Device<E>> Optimizer<E, D> for GrowingOptimizer<K, E
     }
 }
 
+/// The one context every element of `st` shares at update `now`, if they do.
+fn uniform_context<E: Copy + Default>(
+    st: &TensorState<E>,
+    now: u64,
+    lr_for: &dyn Fn(u64, u64) -> f64,
+) -> Option<StepContext> {
+    let mut ctx: Option<StepContext> = None;
+    let mut same = true;
+    st.for_each_block(|born, eps, _| {
+        let t = now - born;
+        let c = StepContext {
+            t,
+            global_t: now,
+            lr: lr_for(born, t),
+            eps,
+        };
+        match ctx {
+            None => ctx = Some(c),
+            Some(first) => same &= first == c,
+        }
+    });
+    ctx.filter(|_| same)
+}
+
 /// One tensor's update: every block of elements born together gets its constants once.
 fn step_tensor<K: Kernel, E: Real>(
     kernel: &K,
@@ -279,12 +375,13 @@ fn step_tensor<K: Kernel, E: Real>(
     grad: &[E],
 ) {
     let mut bufs = std::mem::take(&mut st.buffers);
-    st.for_each_block(|born, ranges| {
+    st.for_each_block(|born, eps, ranges| {
         let t = now - born;
         let ctx = StepContext {
             t,
             global_t: now,
             lr: lr_for(born, t),
+            eps,
         };
         let k = kernel.constants::<E>(&ctx);
         for range in ranges {

@@ -11,12 +11,14 @@
 
 mod adam;
 mod adaptor;
+mod inplace;
 mod saved;
 mod sgd;
 mod state;
 
 pub use adam::{Adam, AdamConfig, NewUnitSteps};
 pub use adaptor::{GrowingOptimizer, Kernel, NewUnitLr, StepContext, MAX_BUFFERS};
+pub use inplace::{adam_in_place, sgd_in_place, InPlace};
 pub use saved::{SavedState, SavedTensor};
 pub use sgd::{Momentum, Sgd, SgdConfig};
 pub use state::{Cohort, ModelState, TensorState};

@@ -1,10 +1,12 @@
 //! Stochastic gradient descent with momentum, Nesterov and weight decay.
 
+use dfdx::prelude::{Cpu, Device, Gradients};
 use serde::{Deserialize, Serialize};
 
 use super::adaptor::{GrowingOptimizer, Kernel, StepContext, MAX_BUFFERS};
+use super::inplace::{sgd_in_place, InPlace};
 use super::{check_hyper, check_weight_decay, WeightDecay};
-use crate::{GrowError, Real};
+use crate::{GrowError, ParamMut, Real};
 
 /// Momentum, as in dfdx.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -78,6 +80,28 @@ impl Kernel for SgdConfig {
         };
         let z = E::zero();
         [cast(ctx.lr), u, l2, decoupled, z, z, z, z]
+    }
+
+    fn update_in_place<E: Real, D: Device<E>>(
+        &self,
+        param: &mut ParamMut<'_, E, D>,
+        grads: &mut Gradients<E, D>,
+        state: &mut [Vec<E>],
+        ctx: &StepContext,
+        scratch: &mut InPlace<E>,
+    ) -> Option<Result<(), GrowError>>
+    where
+        Cpu: Device<E>,
+    {
+        let cfg = SgdConfig {
+            lr: ctx.lr,
+            ..*self
+        };
+        let velocity = state.first_mut();
+        Some(match param {
+            ParamMut::Matrix(w) => sgd_in_place(w, grads, &cfg, velocity, scratch),
+            ParamMut::Vector(b) => sgd_in_place(b, grads, &cfg, velocity, scratch),
+        })
     }
 
     #[inline(never)]

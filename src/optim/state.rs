@@ -5,12 +5,16 @@ use serde::{Deserialize, Serialize};
 use crate::GrowError;
 
 /// A contiguous run of rows (or columns) born at the same optimizer step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Cohort {
     /// First row (or column) of the run.
     pub start: usize,
     /// The optimizer's step count when the run was added (0 for the original tensor).
     pub born: u64,
+    /// The epsilon of the run's updates when the kernel chose one for it at its birth (Adam's
+    /// new-unit epsilon); `None` for the kernel's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
 }
 
 /// The state buffers of one named tensor (e.g. Adam's two moments), row-major, plus when each
@@ -39,8 +43,16 @@ impl<E: Copy + Default> TensorState<E> {
             name: name.to_string(),
             dims,
             buffers: vec![vec![E::default(); dims.0 * dims.1]; n_buffers],
-            rows: vec![Cohort { start: 0, born }],
-            cols: vec![Cohort { start: 0, born }],
+            rows: vec![Cohort {
+                start: 0,
+                born,
+                eps: None,
+            }],
+            cols: vec![Cohort {
+                start: 0,
+                born,
+                eps: None,
+            }],
         }
     }
 
@@ -62,61 +74,80 @@ impl<E: Copy + Default> TensorState<E> {
     }
 
     /// Follows a tensor that grew to `dims` at step `born`: old entries stay where they were
-    /// (top-left), new entries are zero. One allocation per buffer.
-    pub fn resize(&mut self, dims: (usize, usize), born: u64) {
+    /// (top-left), new entries are zero and their cohorts get epsilon `eps`. One allocation
+    /// per buffer at most.
+    pub fn resize(&mut self, dims: (usize, usize), born: u64, eps: Option<f64>) {
         let (r0, c0) = self.dims;
         let (r1, c1) = dims;
         if (r0, c0) == (r1, c1) {
             return;
         }
         for buf in &mut self.buffers {
-            if c1 == c0 {
-                // Only rows were appended: the old entries are a prefix.
-                buf.resize(r1 * c1, E::default());
-                continue;
+            // Grow in place, then move the old rows to their new places from the last one
+            // back (a row never lands on one not yet moved), zeroing what they leave.
+            buf.resize(r1 * c1, E::default());
+            if c1 != c0 {
+                for r in (0..r0).rev() {
+                    buf.copy_within(r * c0..(r + 1) * c0, r * c1);
+                    buf[r * c1 + c0..(r + 1) * c1].fill(E::default());
+                }
             }
-            let mut grown = vec![E::default(); r1 * c1];
-            for r in 0..r0 {
-                grown[r * c1..r * c1 + c0].copy_from_slice(&buf[r * c0..(r + 1) * c0]);
-            }
-            *buf = grown;
         }
         if r1 > r0 {
-            self.rows.push(Cohort { start: r0, born });
+            self.rows.push(Cohort {
+                start: r0,
+                born,
+                eps,
+            });
         }
         if c1 > c0 {
-            self.cols.push(Cohort { start: c0, born });
+            self.cols.push(Cohort {
+                start: c0,
+                born,
+                eps,
+            });
         }
         self.dims = dims;
     }
 
-    /// Calls `f(birth, ranges)` for every rectangle of elements sharing one birth step, where
-    /// `ranges` are the flat index ranges of the rectangle's rows.
+    /// Calls `f(birth, eps, ranges)` for every rectangle of elements sharing one birth step,
+    /// where `eps` is the epsilon of the cohort that brought them (the later-born of their
+    /// row's and column's) and `ranges` are the flat index ranges of the rectangle's rows.
     pub fn for_each_block(
         &self,
-        mut f: impl FnMut(u64, &mut dyn Iterator<Item = std::ops::Range<usize>>),
+        mut f: impl FnMut(u64, Option<f64>, &mut dyn Iterator<Item = std::ops::Range<usize>>),
     ) {
         let (rows, cols) = self.dims;
-        let ends = |cohorts: &[Cohort], n: usize| -> Vec<(usize, usize, u64)> {
+        let ends = |cohorts: &[Cohort], n: usize| -> Vec<(usize, usize, Cohort)> {
             cohorts
                 .iter()
                 .enumerate()
-                .map(|(i, c)| (c.start, cohorts.get(i + 1).map_or(n, |d| d.start), c.born))
+                .map(|(i, c)| (c.start, cohorts.get(i + 1).map_or(n, |d| d.start), *c))
                 .collect()
         };
+        let later = |r: &Cohort, c: &Cohort| {
+            if c.born > r.born {
+                (c.born, c.eps)
+            } else {
+                (
+                    r.born,
+                    r.eps.or(if c.born == r.born { c.eps } else { None }),
+                )
+            }
+        };
         let col_blocks = ends(&self.cols, cols);
-        for (r0, r1, row_born) in ends(&self.rows, rows) {
-            if let [(_, _, col_born)] = col_blocks[..] {
+        for (r0, r1, row) in ends(&self.rows, rows) {
+            if let [(_, _, col)] = col_blocks[..] {
                 // One column block: the rows form one contiguous range.
-                f(
-                    row_born.max(col_born),
-                    &mut std::iter::once(r0 * cols..r1 * cols),
-                );
+                let (born, eps) = later(&row, &col);
+                f(born, eps, &mut std::iter::once(r0 * cols..r1 * cols));
                 continue;
             }
-            for &(c0, c1, col_born) in &col_blocks {
+            for &(c0, c1, col) in &col_blocks {
+                let (born, eps) = later(&row, &col);
                 f(
-                    row_born.max(col_born),
+                    born,
+                    eps,
                     &mut (r0..r1).map(move |r| r * cols + c0..r * cols + c1),
                 );
             }
@@ -163,6 +194,12 @@ impl<E: Copy + Default> TensorState<E> {
             if let Some(c) = cohorts.iter().skip(1).find(|c| c.start >= n) {
                 return bad(format!("a {what} cohort starts at {} of {n}", c.start));
             }
+            if let Some(c) = cohorts
+                .iter()
+                .find(|c| c.eps.is_some_and(|e| !(e.is_finite() && e > 0.0)))
+            {
+                return bad(format!("a {what} cohort with epsilon {:?}", c.eps));
+            }
             if let Some(c) = cohorts.iter().find(|c| c.born > steps) {
                 return bad(format!(
                     "a {what} cohort born at step {} after {steps} steps",
@@ -207,6 +244,7 @@ impl<E: Copy + Default> ModelState<E> {
         dims: &[(String, (usize, usize))],
         n_buffers: usize,
         step: u64,
+        eps_for: &dyn Fn(&TensorState<E>) -> Option<f64>,
     ) -> Result<(), GrowError> {
         let same_order = self.tensors.len() == dims.len()
             && self
@@ -219,7 +257,10 @@ impl<E: Copy + Default> ModelState<E> {
                 s.check_resize(*d)?;
             }
             for (s, (_, d)) in self.tensors.iter_mut().zip(dims) {
-                s.resize(*d, step);
+                if s.dims != *d {
+                    let eps = eps_for(s);
+                    s.resize(*d, step, eps);
+                }
             }
             return Ok(());
         }
@@ -233,7 +274,10 @@ impl<E: Copy + Default> ModelState<E> {
             .iter()
             .map(|(name, d)| match old.remove(name) {
                 Some(mut t) => {
-                    t.resize(*d, step);
+                    if t.dims != *d {
+                        let eps = eps_for(&t);
+                        t.resize(*d, step, eps);
+                    }
                     t
                 }
                 None => TensorState::new(name, *d, n_buffers, step),

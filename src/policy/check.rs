@@ -1,7 +1,8 @@
 //! Semantic checks of a [`PolicySpec`]; every error names the field path.
 
 use super::schedule::{Event, Grow};
-use super::{Cross, GradNormSpec, PlateauSpec, PolicySpec, Size, Target, Threshold, MAX_DEPTH};
+use super::{Cross, EfficiencySpec, GradNormSpec, PlateauSpec, PolicySpec, Size, Target};
+use super::{Threshold, MAX_DEPTH};
 use crate::init::Init;
 
 type Check = Result<(), (String, String)>;
@@ -155,6 +156,27 @@ impl Checker {
         self.size(&format!("{p}.size"), &s.size, &s.init)
     }
 
+    fn efficiency(&mut self, p: &str, s: &EfficiencySpec) -> Check {
+        if s.window < 3 {
+            return fail(
+                &format!("{p}.window"),
+                format!("must be >= 3, got {}", s.window),
+            );
+        }
+        if !s.threshold.is_finite() {
+            return fail(
+                &format!("{p}.threshold"),
+                format!("must be finite, got {}", s.threshold),
+            );
+        }
+        if let Some(c) = s.confidence {
+            unit_interval(&format!("{p}.confidence"), c, false)?;
+        }
+        self.target(&format!("{p}.target"), &s.target)?;
+        self.init(&format!("{p}.init"), &s.init)?;
+        self.size(&format!("{p}.size"), &s.size, &s.init)
+    }
+
     /// Check `spec` found at `path`, `depth` levels deep.
     pub(crate) fn spec(&mut self, spec: &PolicySpec, path: &str, depth: usize) -> Check {
         if depth > MAX_DEPTH {
@@ -163,6 +185,7 @@ impl Checker {
         match spec {
             PolicySpec::Plateau(s) => self.plateau(&format!("{path}.Plateau"), s),
             PolicySpec::GradNorm(s) => self.gradnorm(&format!("{path}.GradNorm"), s),
+            PolicySpec::Efficiency(s) => self.efficiency(&format!("{path}.Efficiency"), s),
             PolicySpec::Schedule(s) => {
                 let p = format!("{path}.Schedule.events");
                 if s.events.is_empty() {
@@ -204,9 +227,24 @@ impl Checker {
                 max_params,
                 max_events,
                 max_flops,
+                stop,
                 policy,
             } => {
                 let p = format!("{path}.Limits");
+                if let Some(s) = stop {
+                    if !(s.min_gain.is_finite() && s.min_gain >= 0.0) {
+                        return fail(
+                            &format!("{p}.stop.min_gain"),
+                            format!("must be finite and >= 0, got {}", s.min_gain),
+                        );
+                    }
+                    if !(s.per_flops.is_finite() && s.per_flops > 0.0) {
+                        return fail(
+                            &format!("{p}.stop.per_flops"),
+                            format!("must be finite and > 0, got {}", s.per_flops),
+                        );
+                    }
+                }
                 if *max_width == Some(0) {
                     return fail(&format!("{p}.max_width"), "0 leaves no room to grow");
                 }

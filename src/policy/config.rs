@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::check::Checker;
 use super::{AllOf, AnyOf, Decision, Declined, GradNorm, GradNormSpec, GrowthPolicy, Limits};
-use super::{LimitsSpec, Metrics, Plateau};
+use super::{Efficiency, EfficiencySpec, LimitsSpec, Metrics, Plateau, StopRule};
 use super::{PlateauSpec, PolicyError, Schedule, ScheduleSpec, Sequence, Target};
 
 /// Deepest nesting of combinators and [`PolicySpec::Limits`] accepted.
@@ -30,6 +30,8 @@ pub enum PolicySpec {
     Plateau(PlateauSpec),
     /// A [`GradNorm`] policy.
     GradNorm(GradNormSpec),
+    /// An [`Efficiency`] policy.
+    Efficiency(EfficiencySpec),
     /// A [`Schedule`] policy.
     Schedule(ScheduleSpec),
     /// [`AnyOf`] these policies.
@@ -52,6 +54,9 @@ pub enum PolicySpec {
         /// See [`LimitsSpec::max_flops`].
         #[serde(default)]
         max_flops: Option<f64>,
+        /// See [`LimitsSpec::stop`].
+        #[serde(default)]
+        stop: Option<StopRule>,
         /// The limited policy.
         policy: Box<PolicySpec>,
     },
@@ -230,7 +235,7 @@ impl PolicySpec {
                 .events
                 .iter()
                 .any(|e| matches!(e.grow, super::Grow::Depth { .. })),
-            PolicySpec::Plateau(_) | PolicySpec::GradNorm(_) => false,
+            PolicySpec::Plateau(_) | PolicySpec::GradNorm(_) | PolicySpec::Efficiency(_) => false,
             PolicySpec::AnyOf(v) | PolicySpec::AllOf(v) => v.iter().any(Self::grows_in_depth),
             PolicySpec::Sequence(v) => v.iter().any(|s| s.policy.grows_in_depth()),
             PolicySpec::Limits { policy, .. } => policy.grows_in_depth(),
@@ -255,6 +260,11 @@ impl PolicySpec {
             PolicySpec::Plateau(s) => {
                 if let Some(name) = site(&s.target) {
                     out.push((format!("{at}.Plateau.target"), name));
+                }
+            }
+            PolicySpec::Efficiency(s) => {
+                if let Some(name) = site(&s.target) {
+                    out.push((format!("{at}.Efficiency.target"), name));
                 }
             }
             PolicySpec::GradNorm(s) => {
@@ -302,6 +312,7 @@ impl PolicySpec {
         match self {
             PolicySpec::Plateau(s) => Box::new(Plateau::new(s.clone())),
             PolicySpec::GradNorm(s) => Box::new(GradNorm::new(s.clone())),
+            PolicySpec::Efficiency(s) => Box::new(Efficiency::new(s.clone())),
             PolicySpec::Schedule(s) => Box::new(Schedule::new(s.clone())),
             PolicySpec::AnyOf(v) => Box::new(AnyOf::new(v.iter().map(Self::build).collect())),
             PolicySpec::AllOf(v) => Box::new(AllOf::new(v.iter().map(Self::build).collect())),
@@ -313,6 +324,7 @@ impl PolicySpec {
                 max_params,
                 max_events,
                 max_flops,
+                stop,
                 policy,
             } => Box::new(Limits::new(
                 LimitsSpec {
@@ -320,6 +332,7 @@ impl PolicySpec {
                     max_params: *max_params,
                     max_events: *max_events,
                     max_flops: *max_flops,
+                    stop: stop.clone(),
                 },
                 policy.build(),
             )),

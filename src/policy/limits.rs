@@ -9,6 +9,11 @@
 //!   each seeing the widths the previous ones produced), then rounded down to the site's unit
 //!   multiple (and to even for [`Init::MirrorPairs`]); a growth left with `k = 0` is dropped.
 //!
+//! - with a `stop` rule, once the monitored loss has improved by less than `min_gain` per
+//!   `per_flops` FLOPs since the last applied growth (or since the first observation), the
+//!   decision is declined and the policy stops growing for good: the model has found its
+//!   size.
+//!
 //! The parameters a unit adds are the site's own count, [`SiteMetrics::params_per_unit`]
 //! (see [`crate::Site`]). Depth growths pass the width and parameter caps untouched.
 //! Dropped growths are reported by [`take_declined`](GrowthPolicy::take_declined); a decision
@@ -17,8 +22,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::decision::finite;
-use super::SiteMetrics;
 use super::{from_state, Decision, Declined, Growth, GrowthPolicy, Metrics, PolicyError};
+use super::{Monitor, SiteMetrics};
 use crate::init::Init;
 
 /// The caps (also their RON form). `None` means no cap.
@@ -37,12 +42,39 @@ pub struct LimitsSpec {
     /// No growth once cumulative training FLOPs reach this. Default none.
     #[serde(default)]
     pub max_flops: Option<f64>,
+    /// Stop growing for good when growth stops paying. Default none.
+    #[serde(default)]
+    pub stop: Option<StopRule>,
+}
+
+/// Stop growing when the monitored loss improved by less than `min_gain` per `per_flops`
+/// training FLOPs since the last growth: `(loss then - loss now) / (FLOPs now - FLOPs then)
+/// * per_flops < min_gain`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRule {
+    /// Which loss (the latest value seen; validation losses are only seen when measured).
+    pub monitor: Monitor,
+    /// The least improvement worth growing for.
+    pub min_gain: f64,
+    /// Per how many FLOPs (e.g. `1e12`).
+    pub per_flops: f64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct State {
     events: u32,
     declined: Vec<Declined>,
+    /// The stop rule's reference: the monitored loss and the FLOPs at the last growth (or at
+    /// the first observation).
+    #[serde(default)]
+    reference: Option<(f64, f64)>,
+    /// The latest monitored loss and FLOP count seen.
+    #[serde(default)]
+    latest: Option<(f64, f64)>,
+    /// The stop rule fired: no more growth.
+    #[serde(default)]
+    stopped: bool,
 }
 
 /// A policy under [`LimitsSpec`] caps. See the module docs.
@@ -105,9 +137,54 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// Follows the stop rule's loss; returns why to stop, when the rule says so.
+    fn stop_rule(&mut self, m: &Metrics) -> Option<String> {
+        let rule = self.spec.stop.as_ref()?;
+        let loss = match rule.monitor {
+            Monitor::Train => Some(m.train_loss),
+            Monitor::Val => m.val_loss,
+        };
+        if let Some(l) = loss.filter(|l| l.is_finite()) {
+            if m.flops.is_finite() {
+                self.state.latest = Some((l, m.flops));
+                self.state.reference.get_or_insert((l, m.flops));
+            }
+        }
+        if self.state.stopped {
+            return Some("the stop rule fired earlier: growth no longer pays".into());
+        }
+        None
+    }
+
+    /// Whether growing now would be worth it by the stop rule; stops for good when not.
+    fn stop_now(&mut self) -> Option<String> {
+        let rule = self.spec.stop.as_ref()?;
+        let ((l0, f0), (l1, f1)) = (self.state.reference?, self.state.latest?);
+        if f1 <= f0 {
+            return None;
+        }
+        let rate = (l0 - l1) / (f1 - f0) * rule.per_flops;
+        (rate < rule.min_gain).then(|| {
+            self.state.stopped = true;
+            format!(
+                "stop rule: the loss improved by {rate:.3e} per {:e} FLOPs since the last growth \
+                 ({l0:.5} at {f0:.3e} FLOPs to {l1:.5} at {f1:.3e}), below {}",
+                rule.per_flops, rule.min_gain
+            )
+        })
+    }
+}
+
 impl GrowthPolicy for Limits {
     fn observe(&mut self, m: &Metrics) -> Option<Decision> {
+        let stopped = self.stop_rule(m);
         let mut d = self.inner.observe(m)?;
+        if let Some(why) = stopped.or_else(|| self.stop_now()) {
+            let g = d.growths.clone();
+            self.decline(m, &d, why, g);
+            return None;
+        }
         if let Some(n) = self.spec.max_events.filter(|&n| self.state.events >= n) {
             let g = d.growths.clone();
             self.decline(m, &d, format!("max_events {n} reached"), g);
@@ -179,6 +256,7 @@ impl GrowthPolicy for Limits {
 
     fn on_growth(&mut self, applied: &Decision) {
         self.state.events = self.state.events.saturating_add(1);
+        self.state.reference = self.state.latest;
         self.inner.on_growth(applied);
     }
 

@@ -56,6 +56,7 @@ mod check;
 mod combinators;
 mod config;
 mod decision;
+mod efficiency;
 mod error;
 mod gradnorm;
 mod limits;
@@ -70,13 +71,14 @@ pub use config::{
     load_policy, load_spec, policy_from_str, PolicySpec, StageSpec, MAX_DEPTH, MAX_POLICY_BYTES,
 };
 pub use decision::{Decision, Declined, Growth, Size, Target};
+pub use efficiency::{Efficiency, EfficiencySpec};
 pub use error::PolicyError;
 pub use gradnorm::{Cross, GradNorm, GradNormSpec, GradRule};
-pub use limits::{Limits, LimitsSpec};
+pub use limits::{Limits, LimitsSpec, StopRule};
 pub use metrics::{Metrics, MetricsBuilder, SiteMetrics};
 pub use plateau::{Monitor, Plateau, PlateauSpec, SlopeTest, Threshold};
 pub use schedule::{At, Event, Grow, Schedule, ScheduleSpec};
-pub use slope::{slope_test, SlopeResult};
+pub use slope::{fit_line, slope_test, LineFit, SlopeResult};
 
 /// Decides when and where the network grows. `None` from [`observe`](Self::observe) means
 /// "do nothing".

@@ -66,6 +66,71 @@ pub fn slope_test(values: &[f64]) -> Option<SlopeResult> {
     })
 }
 
+/// A least-squares line `y = a + b x` through points, with the standard error of `b`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LineFit {
+    /// The slope `b`.
+    pub slope: f64,
+    /// Its standard error (0 for points exactly on a line).
+    pub se: f64,
+    /// Degrees of freedom, `n - 2`.
+    pub dof: f64,
+}
+
+/// Fits a line through `(xs[i], ys[i])`. `None` for fewer than 3 points, non-finite input, or
+/// `x` values that are all equal.
+pub fn fit_line(xs: &[f64], ys: &[f64]) -> Option<LineFit> {
+    let n = xs.len();
+    if n < 3 || ys.len() != n || xs.iter().chain(ys).any(|v| !v.is_finite()) {
+        return None;
+    }
+    let nf = n as f64;
+    let (xm, ym) = (xs.iter().sum::<f64>() / nf, ys.iter().sum::<f64>() / nf);
+    let (mut sxx, mut sxy) = (0.0, 0.0);
+    for (x, y) in xs.iter().zip(ys) {
+        sxx += (x - xm) * (x - xm);
+        sxy += (x - xm) * (y - ym);
+    }
+    if sxx <= 0.0 {
+        return None;
+    }
+    let slope = sxy / sxx;
+    let sse: f64 = xs
+        .iter()
+        .zip(ys)
+        .map(|(x, y)| (y - ym - slope * (x - xm)).powi(2))
+        .sum();
+    let dof = nf - 2.0;
+    Some(LineFit {
+        slope,
+        se: (sse / dof / sxx).sqrt(),
+        dof,
+    })
+}
+
+impl LineFit {
+    /// The one-sided p value of "the slope is above `threshold`" being false: `P(T >= t)`
+    /// with `t = (slope - threshold) / se`. Small means the slope is surely above the
+    /// threshold. A fit with zero error gives 0 (above), 1 (below) or 0.5 (on it).
+    pub fn p_above(&self, threshold: f64) -> f64 {
+        let d = self.slope - threshold;
+        let scale = self.slope.abs().max(threshold.abs()).max(f64::MIN_POSITIVE);
+        if !self.se.is_finite() || self.se <= scale * 1e-12 {
+            return if d > 0.0 {
+                0.0
+            } else if d < 0.0 {
+                1.0
+            } else {
+                0.5
+            };
+        }
+        match StudentsT::new(0.0, 1.0, self.dof) {
+            Ok(t) => 1.0 - t.cdf(d / self.se),
+            Err(_) => f64::NAN,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +147,27 @@ mod tests {
             (r.p_value - 0.032_348_421).abs() < 1e-7,
             "p = {}",
             r.p_value
+        );
+    }
+
+    #[test]
+    fn line_fit_matches_hand_computed_regression_and_tests_against_a_threshold() {
+        // x = 0..5 with the same y as above: the same slope and standard error.
+        let ys = [1.0, 0.9, 0.95, 0.7, 0.75];
+        let f = fit_line(&[0.0, 1.0, 2.0, 3.0, 4.0], &ys).unwrap();
+        assert!((f.slope + 0.07).abs() < 1e-12);
+        let t = f.slope / f.se;
+        assert!((t + 2.857_738_033_247_041).abs() < 1e-9);
+        // P(T >= t) = 1 - P(T <= t) for the same t(3) distribution.
+        assert!((f.p_above(0.0) - (1.0 - 0.032_348_421)).abs() < 1e-7);
+        // Shifting x scales nothing; stretching it divides the slope.
+        let g = fit_line(&[10.0, 12.0, 14.0, 16.0, 18.0], &ys).unwrap();
+        assert!((g.slope + 0.035).abs() < 1e-12);
+        assert!(fit_line(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]).is_none());
+        let exact = fit_line(&[0.0, 1.0, 2.0], &[0.0, -1.0, -2.0]).unwrap();
+        assert_eq!(
+            (exact.p_above(-2.0), exact.p_above(0.0), exact.p_above(-1.0)),
+            (0.0, 1.0, 0.5)
         );
     }
 

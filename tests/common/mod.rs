@@ -54,6 +54,20 @@ where
     (value, grads)
 }
 
+/// Every parameter's gradient in `grads` as host vectors, in walk order.
+pub fn grads_of<E: Real>(model: &dyn Params<E, Cpu>, grads: &mut Gradients<E, Cpu>) -> Vec<Vec<E>>
+where
+    Cpu: Device<E>,
+{
+    let mut out = Vec::new();
+    model.visit(&mut |_, p| {
+        let mut v = vec![E::zero(); p.len()];
+        p.grad_into(grads, &mut v).unwrap();
+        out.push(v);
+    });
+    out
+}
+
 /// Every parameter as host vectors, in walk order.
 pub fn snapshot<E: Real>(model: &dyn Params<E, Cpu>) -> Vec<Vec<E>>
 where

@@ -1,0 +1,1041 @@
+//! A 2-D convolution whose channel counts are decided at run time, so it can grow.
+//!
+//! dfdx 0.13 compiles its own `conv2d` op and `nn::Conv2D` only with its `nightly` feature.
+//! This layer is built from what stable dfdx offers. Per image, an im2col lays the receptive
+//! fields out as a `(in_channels * kh * kw + 1, oh * ow)` matrix (one column per output pixel;
+//! the last row is ones), and one batched dfdx `matmul` with `[weight | bias]`
+//! (`(out, in * kh * kw + 1)`, broadcast over the batch) gives the `(out, oh * ow)` output:
+//! already in `(batch, channels, h, w)` order, with the bias added by the product itself. The
+//! products, most of the time, go through dfdx's gemm, and autograd through dfdx's tape.
+//!
+//! The im2col has two implementations with the same result:
+//! - on the `Cpu` device, a host loop registered as one op on dfdx's tape (its backward adds
+//!   the im2col's gradient back into the input's), which copies runs of pixels;
+//! - on any other device, dfdx's own `concat_along` (the zero padding, the ones row) and
+//!   `gather` (the receptive fields): device-generic, but 2-3x slower per training step on the
+//!   CPU, where dfdx's gather walks its index one element at a time.
+//!
+//! A first layer on data takes `Data(x)` (as [`Linear`] does): its backward op computes only
+//! the weight and bias gradients, skipping the im2col's backward and the product for the
+//! input.
+//!
+//! Slices were not used: dfdx 0.13's `slice` backward *assigns* the incoming gradient instead
+//! of adding it, so overlapping slices of one tensor (every kernel offset of a convolution)
+//! give wrong input gradients.
+//!
+//! # Layout of the parameters
+//!
+//! The weight is kept as a 2-D [`Matrix`] of shape `(out_channels, in_channels * kh * kw)`,
+//! each row ordered `(in_channel, kernel_row, kernel_col)`: PyTorch's `(out, in, kh, kw)`
+//! weight, flattened after its first axis. In that view, the one the crate's [`Params`] walk
+//! and its optimizers see:
+//! - a new **output** channel appends one **row** to the weight and one entry to the bias;
+//! - a new **input** channel appends `kh * kw` **columns** at the end of every row (the
+//!   channel index is the slowest within a row), and nothing to the bias.
+//!
+//! So growth only appends rows and columns, which is what the growth-aware optimizers assume
+//! when they pad their state, and the weight is already the matrix the product needs.
+
+use std::any::{Any, TypeId};
+
+use dfdx::prelude::*;
+use rand::Rng;
+
+use crate::expandable::fan_in_bound;
+use crate::linear::uniform;
+use crate::params::l2_norm;
+use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
+use crate::{Data, Expandable, GrowError, Linear, Real};
+
+/// A batch of images, `(batch, channels, height, width)`.
+pub type Images<E, D, T = NoneTape> = Tensor<(usize, usize, usize, usize), E, D, T>;
+
+/// A 2-D convolution (cross-correlation, as PyTorch's `conv2d`) with zero padding, runtime
+/// channel counts, kernel size, stride and padding.
+///
+/// Input batches are `(batch, in_channels, height, width)` tensors, traced or not; the output
+/// is `(batch, out_channels, out_height, out_width)` with
+/// `out = (in + 2 * padding - kernel) / stride + 1` on each axis.
+///
+/// ```
+/// use dfdx_grow::dfdx::prelude::*;
+/// use dfdx_grow::rand::{rngs::StdRng, SeedableRng};
+/// use dfdx_grow::{flatten, Conv2d, Linear};
+///
+/// let dev = Cpu::default();
+/// let mut rng = StdRng::seed_from_u64(0);
+/// let conv = Conv2d::<f32, Cpu>::new(1, 4, 3, 1, 1, &dev, &mut rng).unwrap();
+/// let head = Linear::<f32, Cpu>::new(4 * 8 * 8, 10, &dev, &mut rng).unwrap();
+/// let x = dev.sample_normal_like(&(2, 1, 8, 8));
+/// let y = head.forward(flatten(conv.forward(x).relu()));
+/// assert_eq!(*y.shape(), (2, 10));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Conv2d<E: Dtype, D: Device<E>> {
+    /// `(out_channels, in_channels * kh * kw)`, rows ordered `(in_channel, kh, kw)`.
+    weight: Matrix<E, D>,
+    /// `(out_channels,)`.
+    bias: Vector<E, D>,
+    kernel: (usize, usize),
+    stride: usize,
+    padding: usize,
+}
+
+/// The im2col of a batch: per image, `(in_channels * kh * kw + 1, oh * ow)`.
+type Cols<E, D, T = NoneTape> = Tensor<(usize, usize, usize), E, D, T>;
+
+/// Everything the im2col needs to know about one forward call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Geometry {
+    batch: usize,
+    channels: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    /// Rows of an image's im2col matrix: one per weight of an output channel.
+    fn fields(&self) -> usize {
+        self.channels * self.kh * self.kw
+    }
+
+    /// Columns of an image's im2col matrix: one per output pixel.
+    fn pixels(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// The input coordinate of output `o` at kernel offset `k` on an axis of length `len`, or
+    /// `None` in the zero padding.
+    fn src(&self, o: usize, k: usize, len: usize) -> Option<usize> {
+        (o * self.stride + k)
+            .checked_sub(self.pad)
+            .filter(|&i| i < len)
+    }
+}
+
+fn invalid(sizes: Vec<usize>, reason: impl Into<String>) -> GrowError {
+    GrowError::InvalidSizes {
+        sizes,
+        reason: reason.into(),
+    }
+}
+
+/// `(len + 2 * pad - k) / stride + 1`, or `None` when the kernel does not fit.
+fn out_len(len: usize, k: usize, stride: usize, pad: usize) -> Option<usize> {
+    let padded = len.checked_add(pad.checked_mul(2)?)?;
+    Some(padded.checked_sub(k)? / stride + 1)
+}
+
+impl<E: Real, D: Device<E>> Conv2d<E, D> {
+    /// A layer of `out_c` channels over `in_c` input channels with a square `kernel`, weights
+    /// and bias uniform in `[-1/sqrt(fan_in), 1/sqrt(fan_in))`, `fan_in = in_c * kernel^2`
+    /// (PyTorch's default for `nn.Conv2d`).
+    pub fn new(
+        in_c: usize,
+        out_c: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        dev: &D,
+        rng: &mut impl Rng,
+    ) -> Result<Self, GrowError> {
+        Self::with_kernel(in_c, out_c, (kernel, kernel), stride, padding, dev, rng)
+    }
+
+    /// As [`Conv2d::new`] with a rectangular kernel `(kh, kw)`.
+    pub fn with_kernel(
+        in_c: usize,
+        out_c: usize,
+        kernel: (usize, usize),
+        stride: usize,
+        padding: usize,
+        dev: &D,
+        rng: &mut impl Rng,
+    ) -> Result<Self, GrowError> {
+        let sizes = vec![in_c, out_c, kernel.0, kernel.1, stride, padding];
+        check_hyper(kernel, stride).map_err(|r| invalid(sizes.clone(), r))?;
+        let fan_in = in_c
+            .checked_mul(kernel.0)
+            .and_then(|n| n.checked_mul(kernel.1))
+            .ok_or_else(|| invalid(sizes.clone(), "the fan-in overflows usize"))?;
+        let n = fan_in
+            .checked_mul(out_c)
+            .ok_or_else(|| invalid(sizes, "the weight's size overflows usize"))?;
+        let bound = fan_in_bound(fan_in);
+        let weight = dev
+            .try_tensor_from_vec(uniform(n, bound, rng), (out_c, fan_in))
+            .map_err(GrowError::device)?;
+        let bias = dev
+            .try_tensor_from_vec(uniform(out_c, bound, rng), (out_c,))
+            .map_err(GrowError::device)?;
+        Ok(Self {
+            weight,
+            bias,
+            kernel,
+            stride,
+            padding,
+        })
+    }
+
+    /// A layer from existing tensors: `weight` is `(out_c, in_c * kh * kw)` with rows ordered
+    /// `(in_channel, kh, kw)` (a PyTorch `(out, in, kh, kw)` weight, row-major), `bias` has
+    /// `out_c` entries.
+    pub fn from_parts(
+        weight: Matrix<E, D>,
+        bias: Vector<E, D>,
+        kernel: (usize, usize),
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self, GrowError> {
+        let (out, cols) = *weight.shape();
+        let sizes = vec![out, cols, kernel.0, kernel.1, stride, padding];
+        check_hyper(kernel, stride).map_err(|r| invalid(sizes.clone(), r))?;
+        if cols % (kernel.0 * kernel.1) != 0 {
+            return Err(invalid(
+                sizes,
+                format!(
+                    "the weight has {cols} columns, not a multiple of kh * kw = {}",
+                    kernel.0 * kernel.1
+                ),
+            ));
+        }
+        if bias.shape().0 != out {
+            return Err(GrowError::ShapeMismatch {
+                what: "Conv2d bias".into(),
+                expected: out,
+                found: bias.shape().0,
+            });
+        }
+        Ok(Self {
+            weight,
+            bias,
+            kernel,
+            stride,
+            padding,
+        })
+    }
+
+    /// The number of input channels.
+    pub fn in_channels(&self) -> usize {
+        self.weight.shape().1 / self.kernel_area()
+    }
+
+    /// The number of output channels.
+    pub fn out_channels(&self) -> usize {
+        self.weight.shape().0
+    }
+
+    /// `(kh, kw)`.
+    pub fn kernel(&self) -> (usize, usize) {
+        self.kernel
+    }
+
+    /// The stride (the same on both axes).
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// The zero padding on each side (the same on both axes).
+    pub fn padding(&self) -> usize {
+        self.padding
+    }
+
+    /// The weight, `(out_channels, in_channels * kh * kw)`.
+    pub fn weight(&self) -> &Matrix<E, D> {
+        &self.weight
+    }
+
+    /// The bias, `(out_channels,)`.
+    pub fn bias(&self) -> &Vector<E, D> {
+        &self.bias
+    }
+
+    /// The weight as a host vector, in PyTorch's `(out, in, kh, kw)` order.
+    pub fn weight_vec(&self) -> Vec<E> {
+        self.weight.as_vec()
+    }
+
+    /// The bias as a host vector.
+    pub fn bias_vec(&self) -> Vec<E> {
+        self.bias.as_vec()
+    }
+
+    /// The output's `(height, width)` for an input of `(height, width)`, or `None` when the
+    /// kernel does not fit in the padded input.
+    pub fn output_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        Some((
+            out_len(h, self.kernel.0, self.stride, self.padding)?,
+            out_len(w, self.kernel.1, self.stride, self.padding)?,
+        ))
+    }
+
+    /// The FLOPs of a forward pass of one `(h, w)` image: the products and the bias, or `None`
+    /// when the kernel does not fit.
+    pub fn forward_flops(&self, h: usize, w: usize) -> Option<f64> {
+        let (oh, ow) = self.output_size(h, w)?;
+        let pixels = oh as f64 * ow as f64;
+        let out = self.out_channels() as f64;
+        Some(pixels * out * (2.0 * self.unit_fan_in() as f64 + 1.0))
+    }
+
+    /// Whether this layer can take an input of `shape` (`(batch, channels, height, width)`);
+    /// returns the output's `(height, width)`. The forward pass panics where this fails.
+    pub fn check_input(
+        &self,
+        shape: &(usize, usize, usize, usize),
+    ) -> Result<(usize, usize), GrowError> {
+        let &(b, c, h, w) = shape;
+        if c != self.in_channels() {
+            return Err(GrowError::ShapeMismatch {
+                what: "Conv2d input channels".into(),
+                expected: self.in_channels(),
+                found: c,
+            });
+        }
+        if b == 0 {
+            return Err(invalid(vec![b, c, h, w], "a batch of zero images"));
+        }
+        self.output_size(h, w).ok_or_else(|| {
+            invalid(
+                vec![b, c, h, w],
+                format!(
+                    "the kernel {:?} does not fit in the input padded by {}",
+                    self.kernel, self.padding
+                ),
+            )
+        })
+    }
+
+    fn kernel_area(&self) -> usize {
+        self.kernel.0 * self.kernel.1
+    }
+
+    fn geometry(&self, shape: &(usize, usize, usize, usize)) -> Geometry {
+        let (oh, ow) = self
+            .check_input(shape)
+            .unwrap_or_else(|e| panic!("Conv2d::forward: {e}"));
+        let &(batch, channels, h, w) = shape;
+        Geometry {
+            batch,
+            channels,
+            h,
+            w,
+            kh: self.kernel.0,
+            kw: self.kernel.1,
+            stride: self.stride,
+            pad: self.padding,
+            oh,
+            ow,
+        }
+    }
+
+    fn dev(&self) -> &D {
+        self.weight.device()
+    }
+
+    /// The forward pass with the device-generic im2col (dfdx's `concat_along` and `gather`),
+    /// the one every device other than `Cpu` takes. Exposed so that it can be tested and
+    /// timed on the CPU.
+    pub fn forward_portable<T: Tape<E, D>>(
+        &self,
+        x: Images<E, D, T>,
+    ) -> Result<Images<E, D, T>, D::Err> {
+        let g = self.geometry(x.shape());
+        let cols = im2col_gather(x, &g)?;
+        self.project(cols, &g)
+    }
+
+    /// `[weight | bias] @ cols[b]` for every image `b` (the last row of `cols[b]` is ones, so
+    /// the product adds the bias), as `(batch, out, oh, ow)`.
+    fn project<T: Tape<E, D>>(
+        &self,
+        cols: Cols<E, D, T>,
+        g: &Geometry,
+    ) -> Result<Images<E, D, T>, D::Err> {
+        let out = self.out_channels();
+        let bias = self.bias.retaped::<T>().try_reshape_like(&(out, 1))?;
+        let w = (self.weight.retaped::<T>(), bias).try_concat_along(Axis::<1>)?;
+        // A broadcast is a stride-0 view (same tensor id): dfdx's batched matmul adds every
+        // image's gradient straight into the one `[weight | bias]` gradient.
+        w.try_broadcast_like::<_, Axis<0>>(&(g.batch, out, g.fields() + 1))?
+            .try_matmul(cols)?
+            .try_reshape_like(&(g.batch, out, g.oh, g.ow))
+    }
+
+    /// The fan-in of output channel `u`: its `in_channels * kh * kw` weights, ordered
+    /// `(in_channel, kh, kw)`, and its bias; `None` past the last channel.
+    pub fn out_channel(&self, u: usize) -> Option<(Vec<E>, E)> {
+        let (out, cols) = *self.weight.shape();
+        if u >= out {
+            return None;
+        }
+        let w = self.weight.as_vec();
+        let b = self.bias.as_vec();
+        Some((w[u * cols..(u + 1) * cols].to_vec(), b[u]))
+    }
+
+    /// The fan-out of input channel `c`: its `out_channels * kh * kw` weights, ordered
+    /// `(out_channel, kh, kw)`; `None` past the last channel.
+    pub fn in_channel(&self, c: usize) -> Option<Vec<E>> {
+        let (out, cols) = *self.weight.shape();
+        let area = self.kernel_area();
+        if c >= cols / area {
+            return None;
+        }
+        let w = self.weight.as_vec();
+        let mut v = Vec::with_capacity(out * area);
+        for r in 0..out {
+            v.extend_from_slice(&w[r * cols + c * area..r * cols + (c + 1) * area]);
+        }
+        Some(v)
+    }
+
+    /// Appends `bias.len()` output channels: `fan_in` holds their weights, unit-major
+    /// (`bias.len()` x `in_channels * kh * kw`, each ordered `(in_channel, kh, kw)`).
+    ///
+    /// Appends rows to the weight matrix and entries to the bias. Sizes are checked first;
+    /// on error nothing changes.
+    pub fn grow_out_channels(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
+        let (out, cols) = *self.weight.shape();
+        let k = bias.len();
+        if k == 0 {
+            return Err(GrowError::ZeroUnits);
+        }
+        let expected = k
+            .checked_mul(cols)
+            .ok_or_else(|| invalid(vec![k, cols], "the new fan-in's size overflows usize"))?;
+        if fan_in.len() != expected {
+            return Err(GrowError::ShapeMismatch {
+                what: "Conv2d new output channels' fan-in".into(),
+                expected,
+                found: fan_in.len(),
+            });
+        }
+        let mut w = vec![E::zero(); (out + k) * cols];
+        self.weight.copy_into(&mut w[..out * cols]);
+        w[out * cols..].copy_from_slice(fan_in);
+        let mut b = vec![E::zero(); out + k];
+        self.bias.copy_into(&mut b[..out]);
+        b[out..].copy_from_slice(bias);
+        let dev = self.dev().clone();
+        // Both tensors are built before either is stored: a device error changes nothing.
+        let weight = dev
+            .try_tensor_from_vec(w, (out + k, cols))
+            .map_err(GrowError::device)?;
+        let bias = dev
+            .try_tensor_from_vec(b, (out + k,))
+            .map_err(GrowError::device)?;
+        self.weight = weight;
+        self.bias = bias;
+        Ok(())
+    }
+
+    /// Appends `fan_out.len() / (out_channels * kh * kw)` input channels: `fan_out` holds their
+    /// weights, unit-major (k x `out_channels * kh * kw`, each ordered `(out_channel, kh, kw)`),
+    /// after multiplying the whole fan-out of each existing input channel listed in `rescale`
+    /// by its factor.
+    ///
+    /// Appends `k * kh * kw` columns at the end of every weight row; the bias is unchanged.
+    /// Sizes are checked first; on error nothing changes.
+    pub fn grow_in_channels(
+        &mut self,
+        fan_out: &[E],
+        rescale: &[(usize, E)],
+    ) -> Result<(), GrowError> {
+        let (out, cols) = *self.weight.shape();
+        let area = self.kernel_area();
+        let block = out * area;
+        if fan_out.is_empty() {
+            return Err(GrowError::ZeroUnits);
+        }
+        if block == 0 || !fan_out.len().is_multiple_of(block) {
+            return Err(GrowError::ShapeMismatch {
+                what: "Conv2d new input channels' fan-out (a multiple of out * kh * kw)".into(),
+                expected: block,
+                found: fan_out.len(),
+            });
+        }
+        let k = fan_out.len() / block;
+        let in_c = cols / area;
+        if let Some(&(c, _)) = rescale.iter().find(|(c, _)| *c >= in_c) {
+            return Err(GrowError::ShapeMismatch {
+                what: "Conv2d rescaled input channel (below the input channels)".into(),
+                expected: in_c,
+                found: c,
+            });
+        }
+        let mut old = vec![E::zero(); out * cols];
+        self.weight.copy_into(&mut old);
+        for &(c, factor) in rescale {
+            for r in 0..out {
+                for v in &mut old[r * cols + c * area..r * cols + (c + 1) * area] {
+                    *v *= factor;
+                }
+            }
+        }
+        let width = cols + k * area;
+        let mut w = Vec::with_capacity(out * width);
+        for r in 0..out {
+            w.extend_from_slice(&old[r * cols..(r + 1) * cols]);
+            for unit in 0..k {
+                let src = unit * block + r * area;
+                w.extend_from_slice(&fan_out[src..src + area]);
+            }
+        }
+        self.weight = self
+            .dev()
+            .clone()
+            .try_tensor_from_vec(w, (out, width))
+            .map_err(GrowError::device)?;
+        Ok(())
+    }
+}
+
+fn check_hyper(kernel: (usize, usize), stride: usize) -> Result<(), String> {
+    if kernel.0 == 0 || kernel.1 == 0 {
+        return Err(format!("the kernel {kernel:?} has a zero side"));
+    }
+    if stride == 0 {
+        return Err("the stride is 0".into());
+    }
+    Ok(())
+}
+
+impl<E: Dtype, D: Device<E>> Params<E, D> for Conv2d<E, D> {
+    /// `"weight"` (a `(out, in * kh * kw)` matrix) and `"bias"`.
+    fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, E, D>)) {
+        f("weight", ParamRef::Matrix(&self.weight));
+        f("bias", ParamRef::Vector(&self.bias));
+    }
+
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, E, D>)) {
+        f("weight", ParamMut::Matrix(&mut self.weight));
+        f("bias", ParamMut::Vector(&mut self.bias));
+    }
+}
+
+/// Units are channels: an output unit's fan-in is its `in_channels * kh * kw` weights
+/// (ordered `(in_channel, kh, kw)`), an input unit's fan-out the `out_channels * kh * kw`
+/// weights that read it (ordered `(out_channel, kh, kw)`). The default init bound,
+/// `1 / sqrt(in_channels * kh * kw)`, is PyTorch's for `nn.Conv2d`.
+impl<E: Real, D: Device<E>> Expandable<E> for Conv2d<E, D> {
+    fn in_width(&self) -> usize {
+        self.in_channels()
+    }
+
+    fn out_width(&self) -> usize {
+        self.out_channels()
+    }
+
+    fn unit_fan_in(&self) -> usize {
+        self.weight.shape().1
+    }
+
+    fn unit_fan_out(&self) -> usize {
+        self.out_channels() * self.kernel_area()
+    }
+
+    fn output_unit(&self, unit: usize) -> Option<(Vec<E>, E)> {
+        self.out_channel(unit)
+    }
+
+    fn input_column(&self, unit: usize) -> Option<Vec<E>> {
+        self.in_channel(unit)
+    }
+
+    fn output_norms(&self) -> Vec<f64> {
+        let (w, b) = (self.weight.as_vec(), self.bias.as_vec());
+        w.chunks(self.unit_fan_in().max(1))
+            .zip(&b)
+            .map(|(row, b)| l2_norm(row).hypot(b.to_f64().unwrap_or(f64::NAN)))
+            .collect()
+    }
+
+    fn input_norms(&self) -> Vec<f64> {
+        let (w, cols, area) = (self.weight.as_vec(), self.unit_fan_in(), self.kernel_area());
+        let mut sums = vec![0.0f64; self.in_channels()];
+        for row in w.chunks(cols.max(1)) {
+            for (s, block) in sums.iter_mut().zip(row.chunks(area)) {
+                *s += l2_norm(block).powi(2);
+            }
+        }
+        sums.into_iter().map(f64::sqrt).collect()
+    }
+
+    fn grow_outputs(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
+        self.grow_out_channels(fan_in, bias)
+    }
+
+    fn grow_inputs(&mut self, fan_out: &[E], rescale: &[(usize, E)]) -> Result<(), GrowError> {
+        self.grow_in_channels(fan_out, rescale)
+    }
+}
+
+impl<E: Real, D: Device<E>, T: Tape<E, D>> Module<Images<E, D, T>> for Conv2d<E, D> {
+    type Output = Images<E, D, T>;
+    type Error = D::Err;
+
+    /// Panics where [`Conv2d::check_input`] fails (as dfdx's own layers panic on shapes).
+    fn try_forward(&self, x: Images<E, D, T>) -> Result<Self::Output, D::Err> {
+        let g = self.geometry(x.shape());
+        let cols = if TypeId::of::<D>() == TypeId::of::<Cpu>() {
+            im2col_host(x, &g)?
+        } else {
+            im2col_gather(x, &g)?
+        };
+        self.project(cols, &g)
+    }
+}
+
+/// A first layer on data: the same output and weight and bias gradients as the plain
+/// forward (up to the order of the batch sum), without the input's gradient (see [`Data`]),
+/// which saves the im2col's backward and one product per image in the backward pass.
+impl<E: Real, D: Device<E>, T: Tape<E, D> + 'static> Module<Data<Images<E, D, T>>> for Conv2d<E, D>
+where
+    Cpu: Device<E>,
+{
+    type Output = Images<E, D, T>;
+    type Error = D::Err;
+
+    /// Panics where [`Conv2d::check_input`] fails.
+    fn try_forward(&self, x: Data<Images<E, D, T>>) -> Result<Self::Output, D::Err> {
+        conv_on_data(self, x.0)
+    }
+}
+
+/// The convolution with a backward op that computes the gradients of the weight and bias
+/// only: `d[weight | bias] = sum over images of dY_b cols_b^T`.
+fn conv_on_data<E: Real, D: Device<E>, T: Tape<E, D> + 'static>(
+    layer: &Conv2d<E, D>,
+    x: Images<E, D, T>,
+) -> Result<Images<E, D, T>, D::Err>
+where
+    Cpu: Device<E>,
+{
+    if !T::OWNS_TAPE || TypeId::of::<D>() != TypeId::of::<Cpu>() {
+        return layer.try_forward(x);
+    }
+    let g = layer.geometry(x.shape());
+    let (x, mut tape) = x.split_tape();
+    let cols = im2col_values(&x.clone().try_contiguous()?, &g)?;
+    let y = layer.project(cols.clone(), &g)?;
+    let on_cpu = (
+        (&cols as &dyn Any).downcast_ref::<Cols<E, Cpu>>(),
+        (&y as &dyn Any).downcast_ref::<Images<E, Cpu>>(),
+        (&layer.weight as &dyn Any).downcast_ref::<Matrix<E, Cpu>>(),
+        (&layer.bias as &dyn Any).downcast_ref::<Vector<E, Cpu>>(),
+        (&mut tape as &mut dyn Any).downcast_mut::<OwnedTape<E, Cpu>>(),
+    );
+    let (Some(cols), Some(y_cpu), Some(w), Some(b), Some(cpu_tape)) = on_cpu else {
+        // Not reachable with dfdx's own tapes; a tape of another kind takes the plain path.
+        return layer.try_forward(x.put_tape(tape));
+    };
+    let (cols, y_ghost, w_ghost, b_ghost) = (cols.clone(), y_cpu.ghost(), w.ghost(), b.ghost());
+    let (batch, out, fields) = (g.batch, layer.out_channels(), g.fields());
+    cpu_tape.add_backward_op(move |grads: &mut Gradients<E, Cpu>| {
+        let dev = cols.device().clone();
+        let dy = cpu_slice::<E>(grads.get_or_alloc_mut(&y_ghost)?).to_vec();
+        let dy = dev.try_tensor_from_vec(dy, (batch, out, g.pixels()))?;
+        let dwb = dy
+            .try_matmul(cols.try_permute::<_, Axes3<0, 2, 1>>()?)?
+            .as_vec();
+        // Image by image, in order, as dfdx's broadcast product accumulates them.
+        let gw = cpu_slice::<E>(grads.get_or_alloc_mut(&w_ghost)?);
+        for image in dwb.chunks_exact(out * (fields + 1)) {
+            for (gw, row) in gw
+                .chunks_exact_mut(fields)
+                .zip(image.chunks_exact(fields + 1))
+            {
+                for (g, d) in gw.iter_mut().zip(row) {
+                    *g += *d;
+                }
+            }
+        }
+        let gb = cpu_slice::<E>(grads.get_or_alloc_mut(&b_ghost)?);
+        for image in dwb.chunks_exact(out * (fields + 1)) {
+            for (g, row) in gb.iter_mut().zip(image.chunks_exact(fields + 1)) {
+                *g += row[fields];
+            }
+        }
+        Ok(())
+    });
+    Ok(y.put_tape(tape))
+}
+
+/// A CPU gradient buffer as a slice (where `Cpu: Device<E>` is assumed the compiler does not
+/// see that the buffer dereferences to a vector).
+fn cpu_slice<E: Dtype>(v: &mut <Cpu as Storage<E>>::Vec) -> &mut [E] {
+    v
+}
+
+/// `(batch, c, h, w) -> (batch, c * h * w)`, channel-major (`c` slowest, then `h`, then `w`,
+/// as PyTorch's `flatten(1)`): the input of a [`Linear`] after a convolution. Copies only
+/// when the input is not contiguous (a convolution's output is a permuted view).
+pub fn flatten<E: Dtype, D: Device<E>, T: Tape<E, D>>(
+    x: Images<E, D, T>,
+) -> Tensor<(usize, usize), E, D, T> {
+    let (b, c, h, w) = *x.shape();
+    x.reshape_like(&(b, c * h * w))
+}
+
+/// The host im2col, as one op on dfdx's tape. The forward works on any device (through host
+/// copies); the backward reads and writes gradients in place, which needs the `Cpu` device,
+/// the only one that dispatches here.
+fn im2col_host<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: Images<E, D, T>,
+    g: &Geometry,
+) -> Result<Cols<E, D, T>, D::Err> {
+    // Contiguous, so that the input's data and its gradient are in logical order.
+    let x = x.try_contiguous()?;
+    let (x, mut tape) = x.split_tape();
+    let out = im2col_values(&x, g)?;
+    // dfdx's `GhostTensor` cannot be named outside dfdx (so not downcast): the backward
+    // keeps the tensors themselves, which shares their buffers, copies nothing.
+    let (x_held, out_held) = (x.clone(), out.clone());
+    let g = *g;
+    tape.add_backward_op(move |grads| {
+        grads.try_alloc_for(&x_held)?;
+        grads.try_alloc_for(&out_held)?;
+        col2im_cpu(grads, &x_held, &out_held, &g);
+        Ok(())
+    });
+    Ok(out.put_tape(tape))
+}
+
+/// The im2col of a contiguous batch, untraced.
+fn im2col_values<E: Real, D: Device<E>>(
+    x: &Images<E, D>,
+    g: &Geometry,
+) -> Result<Cols<E, D>, D::Err> {
+    let mut host = vec![E::zero(); g.batch * g.channels * g.h * g.w];
+    x.copy_into(&mut host);
+    // Written in order, so the buffer is never zeroed first.
+    let mut cols = Vec::with_capacity(g.batch * (g.fields() + 1) * g.pixels());
+    for_each_run(g, |src, run| match src {
+        Run::Input(start, 1) => cols.extend_from_slice(&host[start..start + run]),
+        Run::Input(start, step) => cols.extend((0..run).map(|n| host[start + n * step])),
+        Run::Zeros => cols.extend(std::iter::repeat_n(E::zero(), run)),
+        Run::Ones => cols.extend(std::iter::repeat_n(E::one(), run)),
+    });
+    x.device()
+        .try_tensor_from_vec(cols, (g.batch, g.fields() + 1, g.pixels()))
+}
+
+/// Adds the im2col's gradient back into the input's gradient (both already allocated).
+fn col2im_cpu<E: Real, D: Device<E>>(
+    grads: &mut Gradients<E, D>,
+    x: &Images<E, D>,
+    out: &Cols<E, D>,
+    g: &Geometry,
+) {
+    const CPU_ONLY: &str = "im2col_host runs only on the Cpu device";
+    let grads = (grads as &mut dyn Any)
+        .downcast_mut::<Gradients<E, Cpu>>()
+        .expect(CPU_ONLY);
+    let x = (x as &dyn Any)
+        .downcast_ref::<Images<E, Cpu>>()
+        .expect(CPU_ONLY);
+    let out = (out as &dyn Any)
+        .downcast_ref::<Cols<E, Cpu>>()
+        .expect(CPU_ONLY);
+    // Both gradients live in the same map: move the output's out while adding into the
+    // input's, then put it back untouched.
+    const ALLOCATED: &str = "both gradients were allocated just before";
+    let g_out = std::mem::take(&mut **grads.get_or_alloc_mut(out).expect(ALLOCATED));
+    let g_x: &mut [E] = grads.get_or_alloc_mut(x).expect(ALLOCATED);
+    let mut at = 0;
+    for_each_run(g, |src, run| {
+        let from = &g_out[at..at + run];
+        match src {
+            Run::Input(start, 1) => {
+                for (d, s) in g_x[start..start + run].iter_mut().zip(from) {
+                    *d += *s;
+                }
+            }
+            Run::Input(start, step) => {
+                for (n, s) in from.iter().enumerate() {
+                    g_x[start + n * step] += *s;
+                }
+            }
+            Run::Zeros | Run::Ones => {}
+        }
+        at += run;
+    });
+    **grads.get_or_alloc_mut(out).expect(ALLOCATED) = g_out;
+}
+
+/// Where a run of consecutive im2col entries comes from.
+#[derive(Clone, Copy, Debug)]
+enum Run {
+    /// The flat `(batch, c, h, w)` input at `start, start + step, ...`.
+    Input(usize, usize),
+    /// The zero padding.
+    Zeros,
+    /// The ones row that carries the bias.
+    Ones,
+}
+
+/// Walks the im2col matrix `(batch, c * kh * kw + 1, oh * ow)` in memory order, calling
+/// `f(source, run)` for runs of consecutive output pixels on one output row; each image's
+/// last row is ones (the bias).
+fn for_each_run(g: &Geometry, mut f: impl FnMut(Run, usize)) {
+    for b in 0..g.batch {
+        for c in 0..g.channels {
+            let plane = (b * g.channels + c) * g.h * g.w;
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    // The output columns whose input column `ox * stride + j - pad` exists.
+                    let lo = g.pad.saturating_sub(j).div_ceil(g.stride).min(g.ow);
+                    let hi = (g.w + g.pad)
+                        .saturating_sub(j)
+                        .div_ceil(g.stride)
+                        .clamp(lo, g.ow);
+                    for oy in 0..g.oh {
+                        let Some(y) = g.src(oy, i, g.h) else {
+                            f(Run::Zeros, g.ow);
+                            continue;
+                        };
+                        if lo > 0 {
+                            f(Run::Zeros, lo);
+                        }
+                        if hi > lo {
+                            let x0 = lo * g.stride + j - g.pad;
+                            f(Run::Input(plane + y * g.w + x0, g.stride), hi - lo);
+                        }
+                        if hi < g.ow {
+                            f(Run::Zeros, g.ow - hi);
+                        }
+                    }
+                }
+            }
+        }
+        f(Run::Ones, g.pixels());
+    }
+}
+
+/// The device-generic im2col: one zero column appended to every `(batch, channel)` plane
+/// (`concat_along`) stands for the padding, then one `gather` picks every receptive field,
+/// already in the im2col's order, and a row of ones is appended to every image.
+fn im2col_gather<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: Images<E, D, T>,
+    g: &Geometry,
+) -> Result<Cols<E, D, T>, D::Err> {
+    let planes = g.batch * g.channels;
+    let hw = g.h * g.w;
+    let dev = x.device().clone();
+    let x = x.try_reshape_like(&(planes, hw))?;
+    let zeros: Tensor<(usize, usize), E, D> = dev.try_zeros_like(&(planes, 1))?;
+    let padded = (x, zeros).try_concat_along(Axis::<1>)?;
+    // Per plane, the fields in im2col order (i, j, oy, ox); `hw` is the zero column.
+    let per_plane = g.kh * g.kw * g.pixels();
+    let mut one = Vec::with_capacity(per_plane);
+    for i in 0..g.kh {
+        for j in 0..g.kw {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    one.push(match (g.src(oy, i, g.h), g.src(ox, j, g.w)) {
+                        (Some(y), Some(x)) => y * g.w + x,
+                        _ => hw,
+                    });
+                }
+            }
+        }
+    }
+    let idx: Vec<usize> = std::iter::repeat_n(one, planes).flatten().collect();
+    let idx = dev.try_tensor_from_vec(idx, (planes, per_plane))?;
+    let fields: Tensor<(usize, usize), E, D, T> = padded.try_gather(idx)?;
+    let ones: Cols<E, D> = dev.try_ones_like(&(g.batch, 1, g.pixels()))?;
+    (
+        fields.try_reshape_like(&(g.batch, g.fields(), g.pixels()))?,
+        ones,
+    )
+        .try_concat_along(Axis::<1>)
+}
+
+/// A [`Linear`] over flattened `(channels, h, w)` feature maps: [`flatten`], then the
+/// product. Its input units are the channels, each `h * w` weight columns (channel-major, as
+/// `flatten` lays them out), so it can read a convolution's channel site: a new channel
+/// appends `h * w` columns at the end of every row, its fan-out is `out * h * w` weights.
+///
+/// ```
+/// use dfdx_grow::dfdx::prelude::*;
+/// use dfdx_grow::rand::{rngs::StdRng, SeedableRng};
+/// use dfdx_grow::{grow_between, Conv2d, Expandable, FlatLinear, Init};
+///
+/// let (dev, mut rng) = (Cpu::default(), StdRng::seed_from_u64(0));
+/// let mut conv = Conv2d::<f64, Cpu>::new(1, 4, 3, 1, 0, &dev, &mut rng).unwrap();
+/// let mut head = FlatLinear::new(4, (6, 6), 10, &dev, &mut rng).unwrap();
+/// let x = dev.sample_normal_like(&(2, 1, 8, 8));
+/// let before = head.forward(conv.forward(x.clone()).relu()).as_vec();
+/// grow_between(&mut conv, &mut head, 2, &Init::ZerosOut, &mut rng).unwrap();
+/// assert_eq!((head.in_width(), head.linear().weight.shape().1), (6, 6 * 36));
+/// let after = head.forward(conv.forward(x).relu()).as_vec();
+/// assert!(before.iter().zip(&after).all(|(a, b)| (a - b).abs() < 1e-12));
+/// ```
+#[derive(Clone, Debug)]
+pub struct FlatLinear<E: Dtype, D: Device<E>> {
+    linear: Linear<E, D>,
+    map: (usize, usize),
+}
+
+impl<E: Real, D: Device<E>> FlatLinear<E, D> {
+    /// `out` units over `channels` maps of `map = (h, w)`, initialised as
+    /// [`Linear::new`] over `channels * h * w` inputs (PyTorch's `nn.Linear` default).
+    pub fn new(
+        channels: usize,
+        map: (usize, usize),
+        out: usize,
+        dev: &D,
+        rng: &mut impl Rng,
+    ) -> Result<Self, GrowError> {
+        let inputs = channels
+            .checked_mul(map.0)
+            .and_then(|n| n.checked_mul(map.1))
+            .ok_or_else(|| invalid(vec![channels, map.0, map.1], "the input width overflows"))?;
+        Self::from_linear(Linear::new(inputs, out, dev, rng)?, map)
+    }
+
+    /// Reads `(channels, h, w)` maps with an existing layer, whose input width must be a
+    /// multiple of `h * w`.
+    pub fn from_linear(linear: Linear<E, D>, map: (usize, usize)) -> Result<Self, GrowError> {
+        let inputs = linear.weight.shape().1;
+        let group = map.0.checked_mul(map.1).unwrap_or(0);
+        if group == 0 || !inputs.is_multiple_of(group) {
+            return Err(invalid(
+                vec![inputs, map.0, map.1],
+                "the layer's input width is not a whole number of (h, w) maps",
+            ));
+        }
+        Ok(Self { linear, map })
+    }
+
+    /// The product over the flattened maps.
+    pub fn linear(&self) -> &Linear<E, D> {
+        &self.linear
+    }
+
+    /// The layer without the flattening.
+    pub fn into_linear(self) -> Linear<E, D> {
+        self.linear
+    }
+
+    /// The `(h, w)` of one input map.
+    pub fn map_size(&self) -> (usize, usize) {
+        self.map
+    }
+
+    /// The number of input channels.
+    pub fn channels(&self) -> usize {
+        self.linear.weight.shape().1 / self.group()
+    }
+
+    /// The FLOPs of a forward pass of one example.
+    pub fn forward_flops(&self) -> f64 {
+        self.linear.forward_flops()
+    }
+
+    /// Whether this layer can take an input of `shape` (`(batch >= 1, channels, h, w)`).
+    pub fn check_input(&self, shape: &(usize, usize, usize, usize)) -> Result<(), GrowError> {
+        let &(b, c, h, w) = shape;
+        if b == 0 || (c, h, w) != (self.channels(), self.map.0, self.map.1) {
+            return Err(invalid(
+                vec![b, c, h, w],
+                format!(
+                    "FlatLinear takes (batch >= 1, {}, {}, {})",
+                    self.channels(),
+                    self.map.0,
+                    self.map.1
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn group(&self) -> usize {
+        self.map.0 * self.map.1
+    }
+}
+
+impl<E: Dtype, D: Device<E>> Params<E, D> for FlatLinear<E, D> {
+    /// The linear layer's `"weight"` and `"bias"`.
+    fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, E, D>)) {
+        self.linear.visit(f);
+    }
+
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, E, D>)) {
+        self.linear.visit_mut(f);
+    }
+}
+
+/// Input units are channels of `h * w` columns; output units are the linear layer's.
+impl<E: Real, D: Device<E>> Expandable<E> for FlatLinear<E, D> {
+    fn in_width(&self) -> usize {
+        self.channels()
+    }
+
+    fn out_width(&self) -> usize {
+        self.linear.out_width()
+    }
+
+    fn unit_fan_in(&self) -> usize {
+        self.linear.in_width()
+    }
+
+    fn unit_fan_out(&self) -> usize {
+        self.linear.out_width() * self.group()
+    }
+
+    fn output_unit(&self, unit: usize) -> Option<(Vec<E>, E)> {
+        self.linear.output_unit(unit)
+    }
+
+    fn input_column(&self, unit: usize) -> Option<Vec<E>> {
+        self.linear.input_group(self.group(), unit)
+    }
+
+    fn output_norms(&self) -> Vec<f64> {
+        self.linear.output_norms()
+    }
+
+    fn input_norms(&self) -> Vec<f64> {
+        let (w, inp, group) = (self.linear.weight_vec(), self.unit_fan_in(), self.group());
+        let mut sums = vec![0.0f64; self.channels()];
+        for row in w.chunks(inp.max(1)) {
+            for (s, block) in sums.iter_mut().zip(row.chunks(group)) {
+                *s += l2_norm(block).powi(2);
+            }
+        }
+        sums.into_iter().map(f64::sqrt).collect()
+    }
+
+    fn grow_outputs(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
+        self.linear.grow_outputs(fan_in, bias)
+    }
+
+    fn grow_inputs(&mut self, fan_out: &[E], rescale: &[(usize, E)]) -> Result<(), GrowError> {
+        if fan_out.is_empty() {
+            return Err(GrowError::ZeroUnits);
+        }
+        self.linear
+            .grow_input_groups(self.group(), fan_out, rescale)
+    }
+}
+
+impl<E: Real, D: Device<E>, T: Tape<E, D>> Module<Images<E, D, T>> for FlatLinear<E, D> {
+    type Output = Tensor<(usize, usize), E, D, T>;
+    type Error = D::Err;
+
+    /// Panics where [`FlatLinear::check_input`] fails.
+    fn try_forward(&self, x: Images<E, D, T>) -> Result<Self::Output, D::Err> {
+        if let Err(e) = self.check_input(x.shape()) {
+            panic!("FlatLinear::forward: {e}");
+        }
+        self.linear.try_forward(flatten(x))
+    }
+}

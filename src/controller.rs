@@ -14,8 +14,8 @@ use crate::optim::Optimizer;
 use crate::policy::{
     load_state_atomically, Decision, Declined, Growth, GrowthPolicy, Metrics, PolicyError,
 };
-use crate::site::{check_growth, grow_site};
-use crate::{GrowError, Growable, Init, LossProbe, Real};
+use crate::site::{check_growth, grow_site, grow_site_informed};
+use crate::{shrink_perturb, GrowError, Growable, Init, LossProbe, Real, ShrinkPerturb};
 
 /// What the controller could not do; the model, the optimizer, the policy state, the event
 /// list and the audit log are as they were before the call.
@@ -171,6 +171,7 @@ pub struct GrowthController {
     /// The site names the policy was last checked against.
     checked_sites: Option<Vec<String>>,
     lr_schedule: Option<LrSchedule>,
+    shrink_perturb: Option<ShrinkPerturb>,
 }
 
 impl GrowthController {
@@ -188,6 +189,7 @@ impl GrowthController {
             pending_declined: None,
             checked_sites: None,
             lr_schedule: None,
+            shrink_perturb: None,
         }
     }
 
@@ -202,6 +204,35 @@ impl GrowthController {
     /// The learning-rate schedule, if the controller runs one.
     pub fn lr_schedule(&self) -> Option<&LrSchedule> {
         self.lr_schedule.as_ref()
+    }
+
+    /// After every growth that passed the probe check, shrinks and perturbs the old weights
+    /// ([`shrink_perturb`]; off by default). Not function-preserving: the probe check judges
+    /// the growth before it, and the event's `loss_after` is measured before it too.
+    pub fn with_shrink_perturb(mut self, setting: ShrinkPerturb) -> Result<Self, ControllerError> {
+        match setting.check() {
+            Ok(()) => {}
+            Err(GrowError::InvalidHyper {
+                name,
+                value,
+                reason,
+            }) => {
+                return Err(ControllerError::Setting {
+                    name,
+                    value,
+                    reason,
+                })
+            }
+            Err(_) => {
+                return Err(ControllerError::Setting {
+                    name: "shrink_perturb",
+                    value: setting.shrink,
+                    reason: "invalid setting",
+                })
+            }
+        }
+        self.shrink_perturb = Some(setting);
+        Ok(self)
     }
 
     /// Records every growth, refusal, undone growth and health check in `log`.
@@ -483,7 +514,7 @@ impl GrowthController {
         }
         let mut events = Vec::new();
         for g in &d.growths {
-            match self.grow_one(g, m, model, opt, &mut rng) {
+            match self.grow_one(g, m, model, opt, &mut rng, probe) {
                 Ok(e) => events.push(GrowthEvent {
                     policy: d.policy.clone(),
                     reason: d.reason.clone(),
@@ -514,6 +545,12 @@ impl GrowthController {
                 e.loss_after = Some(after);
             }
         }
+        if let Some(sp) = &self.shrink_perturb {
+            if let Err(e) = shrink_perturb(model, &backup.param_dims(), sp, &mut rng) {
+                *model = backup;
+                return Outcome::Refused(refused(e.to_string(), loss_before, None));
+            }
+        }
         if let Err(e) = opt.check_sync(model) {
             *model = backup;
             return Outcome::Refused(refused(e.to_string(), loss_before, None));
@@ -528,13 +565,29 @@ impl GrowthController {
         model: &mut M,
         opt: &dyn Optimizer<E, D>,
         rng: &mut StdRng,
+        probe: Option<&dyn LossProbe<M>>,
     ) -> Result<GrowthEvent, GrowError> {
         let params_before = model.num_params();
         let (site, old_width, new_width, init, after) = match g {
             Growth::Width { site, k, init } => {
                 let s = check_growth(model, site, *k, init)?;
                 self.check_bytes::<E>(site, *k, &s.params_for(s.width + k), opt.state_buffers())?;
-                let r = grow_site(model, site, *k, init, rng)?;
+                let r = if init.needs_statistics() {
+                    // Gradient-informed inits read the site's statistics on the probe batch.
+                    let stats = probe
+                        .and_then(|p| p.statistics(model, site))
+                        .ok_or_else(|| GrowError::InitMismatch {
+                            init: init.name(),
+                            reason: format!(
+                                "it needs the statistics of site {site:?}: pass observe a probe \
+                                 with a target that computes them (the crate's Probe does, for \
+                                 Mlp and ResMlp)"
+                            ),
+                        })?;
+                    grow_site_informed(model, site, *k, init, &stats, rng, probe)?
+                } else {
+                    grow_site(model, site, *k, init, rng)?
+                };
                 (r.site, r.old_width, r.new_width, init.clone(), None)
             }
             Growth::Depth { after, hidden } => {

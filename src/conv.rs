@@ -550,11 +550,16 @@ impl<E: Real, D: Device<E>> Expandable<E> for Conv2d<E, D> {
     }
 
     fn output_norms(&self) -> Vec<f64> {
-        let (w, b) = (self.weight.as_vec(), self.bias.as_vec());
-        w.chunks(self.unit_fan_in().max(1))
-            .zip(&b)
-            .map(|(row, b)| l2_norm(row).hypot(b.to_f64().unwrap_or(f64::NAN)))
-            .collect()
+        let w = self.weight.as_vec();
+        if self.unit_fan_in() == 0 {
+            return vec![0.0; self.out_channels()];
+        }
+        w.chunks(self.unit_fan_in()).map(l2_norm).collect()
+    }
+
+    fn output_biases(&self) -> Vec<f64> {
+        let b = self.bias.as_vec();
+        b.iter().map(|b| b.to_f64().unwrap_or(f64::NAN)).collect()
     }
 
     fn input_norms(&self) -> Vec<f64> {
@@ -1001,6 +1006,10 @@ impl<E: Real, D: Device<E>> Expandable<E> for FlatLinear<E, D> {
 
     fn output_norms(&self) -> Vec<f64> {
         self.linear.output_norms()
+    }
+
+    fn output_biases(&self) -> Vec<f64> {
+        self.linear.output_biases()
     }
 
     fn input_norms(&self) -> Vec<f64> {

@@ -117,6 +117,10 @@ pub enum GrowError {
         /// The shape given.
         found: (usize, usize),
     },
+    /// Site statistics that cannot be used (non-finite entries, no example) or a
+    /// decomposition of them that failed.
+    #[error("site statistics: {0}")]
+    Statistics(String),
     /// An error reported by the dfdx device (allocation failure and the like).
     #[error("device error: {0}")]
     Device(String),

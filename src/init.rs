@@ -23,6 +23,12 @@ use crate::{Expandable, GrowError, Real};
 /// | [`Init::ZerosBoth`] | 0 | 0 | yes | no: gradients stay zero |
 /// | [`Init::ConstantFanIn`] | constant | 0 | yes | no: units stay identical |
 /// | [`Init::CopyHalve`] | copy of a random unit | half of it | yes | no: pair stays collapsed |
+/// | [`Init::GradMax`] | 0 (or `epsilon` x fresh) | top singular vectors of `E[g h^T]` | yes when `act(0) = 0` and `epsilon = 0` | yes, where `act'(0) != 0` |
+/// | [`Init::Tiny`] | from the statistics | from the statistics | no: the probe check applies | yes |
+///
+/// The last two read a site's statistics on a batch (see [`crate::informed`]): plan them with
+/// [`crate::informed::plan_informed`] or grow with [`crate::grow_site_informed`];
+/// [`Init::plan`] refuses them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub enum Init {
     /// New fan-out zero; new fan-in sampled like a fresh layer, then each row scaled to the
@@ -56,6 +62,51 @@ pub enum Init {
     /// Units come in pairs with the same random fan-in and opposite random fan-out `+v`, `-v`.
     /// Exact, and every new weight gets a non-zero gradient at the first step. Needs an even k.
     MirrorPairs,
+    /// GradMax (Evci et al., 2022): new fan-in and bias zero, new fan-out along the top left
+    /// singular vectors of `E[g h^T]` (`g`: the consumers' output gradient, `h`: the producer's
+    /// input), which maximises the new fan-in's gradient norm; each fan-out has `scale` times
+    /// the mean norm of the existing units' fan-out. Exact when `act(0) = 0` and `epsilon = 0`;
+    /// refused with ReLU and `epsilon = 0` (ReLU's derivative at 0 is 0: the units would never
+    /// learn). At most `rank E[g h^T]` units are informed, the rest are [`Init::ZerosOut`].
+    GradMax {
+        /// The new fan-out's norm, as a fraction of the existing fan-outs' mean norm.
+        #[serde(default = "half")]
+        scale: f64,
+        /// The new fan-in is `epsilon` times a fresh layer's (0: zero, exact).
+        #[serde(default)]
+        epsilon: f64,
+    },
+    /// TINY (GroMo's recipe): the fan-in and fan-out that best produce, to first order, the
+    /// part of the loss's descent direction the existing units cannot, from the site's
+    /// second-order statistics; scaled by `sqrt(gamma)` each, `gamma` from a line search on
+    /// the probe unless fixed. Not exact: the controller's probe check applies. Units whose
+    /// singular value is below `min_singular` are [`Init::ZerosOut`] units instead.
+    Tiny {
+        /// Singular values below this are dropped (GroMo's default `1e-3`).
+        #[serde(default = "min_singular")]
+        min_singular: f64,
+        /// A fixed `gamma`; `None` runs the line search on the probe.
+        #[serde(default)]
+        gamma: Option<f64>,
+        /// Whether the new units aim at what the existing units cannot do (GroMo's
+        /// projection, the default) or at the whole descent direction. GroMo also moves the
+        /// existing fan-out by `dW*`; this crate leaves that to the optimizer, and without it
+        /// `project: false` often lowers the loss more at the growth itself.
+        #[serde(default = "yes")]
+        project: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+fn min_singular() -> f64 {
+    1e-3
 }
 
 /// The weights that [`Init::plan`] chose for `k` new units.
@@ -84,14 +135,28 @@ impl Init {
             Init::CopyHalve => "CopyHalve",
             Init::CopyHalveNoise { .. } => "CopyHalveNoise",
             Init::MirrorPairs => "MirrorPairs",
+            Init::GradMax { .. } => "GradMax",
+            Init::Tiny { .. } => "Tiny",
         }
+    }
+
+    /// Whether the init reads a site's statistics ([`Init::GradMax`], [`Init::Tiny`]).
+    pub fn needs_statistics(&self) -> bool {
+        matches!(self, Init::GradMax { .. } | Init::Tiny { .. })
     }
 
     /// Whether growth with this init leaves the network's function unchanged (in exact
     /// arithmetic; in floating point up to rounding). True for every init but
-    /// [`Init::CopyHalveNoise`] with a positive `std`, whatever the activation.
+    /// [`Init::CopyHalveNoise`] with a positive `std`, [`Init::GradMax`] with a positive
+    /// `epsilon` and [`Init::Tiny`], whatever the activation ([`Init::GradMax`] refuses an
+    /// activation with `act(0) != 0` when the statistics name it).
     pub fn is_exact(&self) -> bool {
-        !matches!(self, Init::CopyHalveNoise { std } if *std != 0.0)
+        match self {
+            Init::CopyHalveNoise { std } => *std == 0.0,
+            Init::GradMax { epsilon, .. } => *epsilon == 0.0,
+            Init::Tiny { .. } => false,
+            _ => true,
+        }
     }
 
     /// Whether the design accepts this init: the rejected ones are kept to show their failure.
@@ -121,12 +186,28 @@ impl Init {
             Init::CopyHalveNoise { std } if !std.is_finite() || *std < 0.0 => {
                 bad(format!("std must be finite and >= 0 (got {std})"))
             }
+            Init::GradMax { scale, .. } if !scale.is_finite() || *scale <= 0.0 => {
+                bad(format!("scale must be finite and > 0 (got {scale})"))
+            }
+            Init::GradMax { epsilon, .. } if !epsilon.is_finite() || *epsilon < 0.0 => {
+                bad(format!("epsilon must be finite and >= 0 (got {epsilon})"))
+            }
+            Init::Tiny { min_singular, .. } if !min_singular.is_finite() || *min_singular < 0.0 => {
+                bad(format!(
+                    "min_singular must be finite and >= 0 (got {min_singular})"
+                ))
+            }
+            Init::Tiny { gamma: Some(g), .. } if !g.is_finite() || *g <= 0.0 => {
+                bad(format!("gamma must be finite and > 0 (got {g})"))
+            }
             _ => Ok(()),
         }
     }
 
     /// Chooses the weights of `k` new units between `producer` and `consumers` (every layer
-    /// that reads the producer's units).
+    /// that reads the producer's units). [`Init::GradMax`] and [`Init::Tiny`] need the site's
+    /// statistics, which this has not: they are refused here (see
+    /// [`crate::informed::plan_informed`]).
     pub fn plan<E: Real>(
         &self,
         producer: &dyn Expandable<E>,
@@ -203,6 +284,16 @@ impl Init {
                         }
                     }
                 }
+            }
+            Init::GradMax { .. } | Init::Tiny { .. } => {
+                return Err(GrowError::InitMismatch {
+                    init: self.name(),
+                    reason: "it needs the site's statistics (inputs, activations and output \
+                             gradients on a batch): plan it with informed::plan_informed, grow \
+                             with grow_site_informed, or give the controller a probe that \
+                             computes them"
+                        .into(),
+                })
             }
         }
         Ok(units)

@@ -22,6 +22,7 @@ mod expandable;
 pub mod flops;
 pub mod fsio;
 pub mod health;
+pub mod informed;
 pub mod init;
 mod linear;
 mod loss;
@@ -29,6 +30,7 @@ pub mod lr;
 mod mlp;
 pub mod optim;
 mod params;
+mod perturb;
 pub mod policy;
 mod report;
 mod resmlp;
@@ -44,16 +46,18 @@ pub use conv::{flatten, Conv2d, FlatLinear, Images};
 pub use data_matmul::Data;
 pub use error::GrowError;
 pub use expandable::{grow_between, Expandable};
+pub use informed::{HostMatrix, SiteStatistics};
 pub use init::{Init, NewUnits};
 pub use linear::Linear;
 pub use loss::Loss;
 pub use mlp::{Mlp, MlpSpec, Probe};
 pub use params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params, Vector};
+pub use perturb::{shrink_perturb, PerturbScope, ShrinkPerturb};
 pub use report::ExpansionReport;
 pub use resmlp::{Block, ResMlp, ResMlpSpec};
 pub use site::{
-    check_growth, grow_site, grow_site_probed, Growable, LossProbe, Site, SiteMut,
-    DEFAULT_MAX_WIDTH, FIRST_BLOCK,
+    check_growth, grow_site, grow_site_informed, grow_site_probed, Growable, LossProbe, Site,
+    SiteMut, DEFAULT_MAX_WIDTH, FIRST_BLOCK,
 };
 
 /// The README's examples, compiled and run as doc tests.

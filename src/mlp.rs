@@ -1,10 +1,11 @@
 //! A multi-layer perceptron whose hidden layers can grow.
 
-use dfdx::prelude::{Device, Dtype, HasShape, Module, Tape, Tensor};
+use dfdx::prelude::{Backward, Device, Dtype, HasShape, Module, Tape, Tensor, Trace};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::health::Activity;
+use crate::informed::{HostMatrix, SiteStatistics};
 use crate::params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params};
 use crate::site::{check_growth, grow_site, grow_site_probed, DEFAULT_MAX_WIDTH};
 use crate::{
@@ -179,6 +180,83 @@ impl<E: Real, D: Device<E>> Mlp<E, D> {
                 .map_err(GrowError::device)?;
         }
         Ok(self.layers[hidden].forward(h).as_vec())
+    }
+
+    /// The statistics of site `"hidden.{hidden}"` on the batch `x` with target `y` (see
+    /// [`crate::informed`]): the producer's input `h`, the site's activations `a`, and the
+    /// per-example gradient of `loss` at the consumer's output (the next layer's
+    /// pre-activation, or the logits), all in f64; their cost is recorded
+    /// ([`Mlp::statistics_flops`]).
+    pub fn site_statistics(
+        &self,
+        hidden: usize,
+        x: &Matrix<E, D>,
+        y: &Matrix<E, D>,
+        loss: Loss,
+    ) -> Result<SiteStatistics, GrowError> {
+        self.check_probe(&Probe {
+            input: x.clone(),
+            target: Some((y.clone(), loss)),
+        })?;
+        let n = x.shape().0;
+        let h = self.hidden_input(hidden, x)?;
+        let consumer = &self.layers[hidden + 1];
+        let a = self
+            .act
+            .try_apply(self.layers[hidden].forward(h.clone()))
+            .map_err(GrowError::device)?;
+        // The consumer's output is the leaf of a fresh tape: the backward pass stops there.
+        let out = consumer.forward(a.clone());
+        let mut t = out.clone().leaky_traced();
+        for layer in &self.layers[hidden + 2..] {
+            t = layer.forward(self.act.try_apply(t).map_err(GrowError::device)?);
+        }
+        let grads = loss.apply(t, y.clone()).backward();
+        let g = grads.get(&out).as_vec();
+        // Per example: the loss is the batch mean, so each example's gradient is n times.
+        let scale = E::from_usize(n).unwrap_or_else(E::one);
+        let g: Vec<E> = g.into_iter().map(|v| v * scale).collect();
+        let host = |rows, cols, v: &[E]| HostMatrix::from_values(rows, cols, v);
+        SiteStatistics::new(
+            host(n, h.shape().1, &h.as_vec())?,
+            host(n, a.shape().1, &a.as_vec())?,
+            vec![host(n, consumer.out_width(), &g)?],
+            Some(self.act),
+        )
+        .map(|s| s.with_flops(self.statistics_flops(hidden, n)))
+    }
+
+    /// The FLOPs of [`Mlp::site_statistics`] on `rows` examples: one forward pass of the whole
+    /// network, and the backward pass from the loss down to the consumer's output (both
+    /// products of each later layer, as dfdx computes them, and the activations' derivatives).
+    pub fn statistics_flops(&self, hidden: usize, rows: usize) -> f64 {
+        let widths = self.widths();
+        let r = rows as f64;
+        let backward: f64 = widths
+            .windows(2)
+            .skip(hidden + 2)
+            .map(|w| 4.0 * r * w[0] as f64 * w[1] as f64 + 2.0 * r * w[0] as f64)
+            .sum();
+        let loss = 3.0 * r * *widths.last().unwrap_or(&0) as f64;
+        crate::flops::forward(&widths, rows) + backward + loss
+    }
+
+    /// The input of hidden layer `hidden`'s producer on `x`.
+    fn hidden_input(&self, hidden: usize, x: &Matrix<E, D>) -> Result<Matrix<E, D>, GrowError> {
+        if hidden >= self.hidden_layers() {
+            return Err(GrowError::NoSuchLayer {
+                index: hidden,
+                hidden_layers: self.hidden_layers(),
+            });
+        }
+        let mut h = x.clone();
+        for layer in &self.layers[..hidden] {
+            h = self
+                .act
+                .try_apply(layer.forward(h))
+                .map_err(GrowError::device)?;
+        }
+        Ok(h)
     }
 
     /// The name of hidden layer `hidden`'s growth site: `"hidden.{hidden}"`.
@@ -372,6 +450,12 @@ impl<E: Real, D: Device<E>> LossProbe<Mlp<E, D>> for Probe<E, D> {
         let act = model.activation();
         Activity::from_pre_activations(&pre, model.layers()[i].out_width(), |z| act.is_active(z))
             .ok()
+    }
+
+    fn statistics(&self, model: &Mlp<E, D>, site: &str) -> Option<SiteStatistics> {
+        let i: usize = site.strip_prefix("hidden.")?.parse().ok()?;
+        let (target, loss) = self.target.as_ref()?;
+        model.site_statistics(i, &self.input, target, *loss).ok()
     }
 }
 

@@ -29,4 +29,15 @@ pub struct ExpansionReport {
     pub loss_before: Option<f64>,
     /// The probe loss after the growth.
     pub loss_after: Option<f64>,
+    /// For a gradient-informed init: how many of the new units came from the statistics (the
+    /// rest are [`Init::ZerosOut`] units).
+    #[serde(default)]
+    pub informed: Option<usize>,
+    /// For [`Init::Tiny`]: the `gamma` the new units were scaled by.
+    #[serde(default)]
+    pub gamma: Option<f64>,
+    /// For a gradient-informed init: the FLOPs spent choosing the units (the statistics, the
+    /// decompositions and the line search's probe evaluations).
+    #[serde(default)]
+    pub init_flops: Option<f64>,
 }

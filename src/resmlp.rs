@@ -1,14 +1,19 @@
 //! A residual MLP whose blocks can widen and whose depth can grow.
 
-use dfdx::prelude::{Device, Dtype, HasShape, Module, Tape, Tensor, TryAdd, WithEmptyTape};
+use dfdx::prelude::{
+    Backward, Device, Dtype, HasShape, Module, Tape, Tensor, Trace, TryAdd, WithEmptyTape,
+};
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use crate::health::Activity;
+use crate::informed::{HostMatrix, SiteStatistics};
 use crate::params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params};
 use crate::site::DEFAULT_MAX_WIDTH;
 use crate::SiteMut;
-use crate::{Activation, Expandable, GrowError, Growable, Linear, LossProbe, Probe, Real, Site};
+use crate::{
+    Activation, Expandable, GrowError, Growable, Linear, Loss, LossProbe, Probe, Real, Site,
+};
 
 /// One residual block, `x + fc2(act(fc1(x)))`, named `blocks.{id}`.
 #[derive(Clone, Debug)]
@@ -248,6 +253,85 @@ impl<E: Real, D: Device<E>> ResMlp<E, D> {
         })
     }
 
+    /// The statistics of site `"blocks.{id}.hidden"` on the batch `x` with target `y` (see
+    /// [`crate::informed`]): the block's input (the stream), its hidden activations, and the
+    /// per-example gradient of `loss` at the block's output (`fc2`'s output, which the stream
+    /// adds), in f64, their cost recorded (one forward pass and the backward pass from the
+    /// loss down to the block).
+    pub fn site_statistics(
+        &self,
+        site: &str,
+        x: &Matrix<E, D>,
+        y: &Matrix<E, D>,
+        loss: Loss,
+    ) -> Result<SiteStatistics, GrowError> {
+        let probe = Probe {
+            input: x.clone(),
+            target: Some((y.clone(), loss)),
+        };
+        let (n, inp) = *x.shape();
+        if !fits(self, &probe) {
+            return Err(GrowError::BadInput {
+                expected: self.input.in_width(),
+                found: (n, inp),
+            });
+        }
+        let no_site = || GrowError::NoSuchSite {
+            name: site.to_string(),
+            sites: self.blocks.iter().map(Block::site_name).collect(),
+        };
+        let pos = self
+            .blocks
+            .iter()
+            .position(|b| b.site_name() == site)
+            .ok_or_else(no_site)?;
+        let mut stream = self.input.forward(x.clone());
+        for b in &self.blocks[..pos] {
+            let z = b.fc1.forward(stream.clone());
+            stream = stream
+                + b.fc2
+                    .forward(self.act.try_apply(z).map_err(GrowError::device)?);
+        }
+        let block = &self.blocks[pos];
+        let a = self
+            .act
+            .try_apply(block.fc1.forward(stream.clone()))
+            .map_err(GrowError::device)?;
+        // The gradient at the block's output equals the gradient at the stream after it (a
+        // sum), so the stream after the block is the leaf of a fresh tape.
+        let after = stream.clone() + block.fc2.forward(a.clone());
+        let mut t = after.clone().leaky_traced();
+        for b in &self.blocks[pos + 1..] {
+            let z = b.fc1.forward(t.with_empty_tape());
+            let branch = b
+                .fc2
+                .forward(self.act.try_apply(z).map_err(GrowError::device)?);
+            t = t + branch;
+        }
+        let grads = loss.apply(self.head.forward(t), y.clone()).backward();
+        let scale = E::from_usize(n).unwrap_or_else(E::one);
+        let g: Vec<E> = grads
+            .get(&after)
+            .as_vec()
+            .into_iter()
+            .map(|v| v * scale)
+            .collect();
+        let w = self.width();
+        let later: f64 = self.blocks[pos + 1..]
+            .iter()
+            .map(|b| 2.0 * (b.fc1.forward_flops() + b.fc2.forward_flops()))
+            .sum::<f64>()
+            + 2.0 * self.head.forward_flops();
+        let flops = n as f64 * (self.forward_flops() + later);
+        SiteStatistics::new(
+            HostMatrix::from_values(n, w, &stream.as_vec())?,
+            HostMatrix::from_values(n, block.fc1.out_width(), &a.as_vec())?,
+            vec![HostMatrix::from_values(n, w, &g)?],
+            Some(self.act),
+        )
+        .map(|s| s.with_flops(flops))
+    }
+
     fn position(&self, name: &str) -> Option<usize> {
         self.blocks.iter().position(|b| b.name() == name)
     }
@@ -410,6 +494,11 @@ impl<E: Real, D: Device<E>> LossProbe<ResMlp<E, D>> for Probe<E, D> {
         let width = model.blocks[model.position(block)?].fc1.out_width();
         let act = model.act;
         Activity::from_pre_activations(&pre, width, |z| act.is_active(z)).ok()
+    }
+
+    fn statistics(&self, model: &ResMlp<E, D>, site: &str) -> Option<SiteStatistics> {
+        let (target, loss) = self.target.as_ref()?;
+        model.site_statistics(site, &self.input, target, *loss).ok()
     }
 }
 

@@ -5,7 +5,8 @@ use dfdx::prelude::Device;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::{Expandable, ExpansionReport, GrowError, Init, Params, Real};
+use crate::informed::{bracket_search, plan_informed, SiteStatistics, LINE_SEARCH_EVALUATIONS};
+use crate::{Expandable, ExpansionReport, GrowError, Init, NewUnits, Params, Real};
 
 /// The default cap on a site's width (see [`Site::with_max_width`]).
 pub const DEFAULT_MAX_WIDTH: usize = 1 << 20;
@@ -276,6 +277,9 @@ pub fn grow_site<E: Real, D: Device<E>, M: Growable<E, D>>(
         output_scale: None,
         loss_before: None,
         loss_after: None,
+        informed: None,
+        gamma: None,
+        init_flops: None,
     })
 }
 
@@ -286,30 +290,155 @@ fn grow_layers<E: Real, D: Device<E>, M: Growable<E, D>>(
     init: &Init,
     rng: &mut dyn RngCore,
 ) -> Result<(), GrowError> {
+    let units = plan_at(model, &site.name, |p, c| init.plan(p, c, k, rng))?;
+    apply_units(model, &site.name, &units)
+}
+
+/// Calls `plan` on the producer and consumers of site `name`, after checking that every
+/// consumer reads as many units as the producer makes.
+fn plan_at<E: Real, D: Device<E>, M: Growable<E, D>, T>(
+    model: &mut M,
+    name: &str,
+    plan: impl FnOnce(&dyn Expandable<E>, &[&dyn Expandable<E>]) -> Result<T, GrowError>,
+) -> Result<T, GrowError> {
     let missing = || GrowError::NoSuchSite {
-        name: site.name.clone(),
+        name: name.to_string(),
         sites: vec![],
     };
-    let s = model.site_mut(&site.name).ok_or_else(missing)?;
+    let s = model.site_mut(name).ok_or_else(missing)?;
     let width = s.producer.out_width();
     for c in &s.consumers {
         if c.in_width() != width {
             return Err(GrowError::ShapeMismatch {
-                what: format!("a consumer of site {:?}", site.name),
+                what: format!("a consumer of site {name:?}"),
                 expected: width,
                 found: c.in_width(),
             });
         }
     }
-    let units = {
-        let consumers: Vec<&dyn Expandable<E>> = s.consumers.iter().map(|c| &**c).collect();
-        init.plan(&*s.producer, &consumers, k, rng)?
+    let consumers: Vec<&dyn Expandable<E>> = s.consumers.iter().map(|c| &**c).collect();
+    plan(&*s.producer, &consumers)
+}
+
+/// Appends `units` to site `name` (not atomic: the callers restore a backup on error).
+fn apply_units<E: Real, D: Device<E>, M: Growable<E, D>>(
+    model: &mut M,
+    name: &str,
+    units: &NewUnits<E>,
+) -> Result<(), GrowError> {
+    let missing = || GrowError::NoSuchSite {
+        name: name.to_string(),
+        sites: vec![],
     };
+    let s = model.site_mut(name).ok_or_else(missing)?;
+    if s.consumers.len() != units.fan_out.len() {
+        return Err(GrowError::ShapeMismatch {
+            what: format!("fan-outs planned for the consumers of site {name:?}"),
+            expected: s.consumers.len(),
+            found: units.fan_out.len(),
+        });
+    }
     s.producer.grow_outputs(&units.fan_in, &units.bias)?;
     for (c, fan_out) in s.consumers.into_iter().zip(&units.fan_out) {
         c.grow_inputs(fan_out, &units.rescale)?;
     }
     Ok(())
+}
+
+/// [`grow_site`] for every init, the gradient-informed ones ([`Init::GradMax`],
+/// [`Init::Tiny`]) included: they read `stats`, the site's statistics on a batch (see
+/// [`crate::informed`]; [`LossProbe::statistics`] computes them for the crate's models).
+///
+/// [`Init::Tiny`] without a fixed `gamma` needs `probe`: `gamma` is chosen on it by
+/// [`crate::informed::bracket_search`] over powers of two (at most
+/// [`LINE_SEARCH_EVALUATIONS`] probe evaluations, each on a copy of the model). With a probe the report has the loss before and after, as
+/// [`grow_site_probed`]. The report says how many units are informed (the rest are
+/// [`Init::ZerosOut`] units when the statistics' rank runs out), the `gamma` used, and the
+/// FLOPs of choosing them: the statistics' own (as recorded in `stats`), the decompositions,
+/// and the line search's evaluations (counted as forward passes over as many rows as the
+/// statistics have). Atomic: on error the model is unchanged.
+pub fn grow_site_informed<E: Real, D: Device<E>, M: Growable<E, D>>(
+    model: &mut M,
+    name: &str,
+    k: usize,
+    init: &Init,
+    stats: &SiteStatistics,
+    rng: &mut dyn RngCore,
+    probe: Option<&dyn LossProbe<M>>,
+) -> Result<ExpansionReport, GrowError> {
+    if !init.needs_statistics() {
+        return match probe {
+            Some(p) => grow_site_probed(model, name, k, init, rng, p),
+            None => grow_site(model, name, k, init, rng),
+        };
+    }
+    let site = check_growth(model, name, k, init)?;
+    let params_before = model.num_params();
+    let planned = plan_at(model, name, |p, c| plan_informed(init, stats, p, c, k, rng))?;
+    let (loss_before, out_before) = match probe {
+        Some(p) => (Some(p.loss(model)), p.outputs(model)),
+        None => (None, None),
+    };
+    let (units, gamma, evaluations) = match init {
+        Init::Tiny { gamma: None, .. } if planned.informed > 0 => {
+            let Some(p) = probe else {
+                return Err(GrowError::InitMismatch {
+                    init: init.name(),
+                    reason: "gamma comes from a line search on a probe: pass a probe, or fix \
+                             gamma"
+                        .into(),
+                });
+            };
+            let mut failure = None;
+            let search = bracket_search(
+                |gamma| {
+                    let mut trial = model.clone();
+                    match apply_units(&mut trial, name, &planned.scaled(gamma)) {
+                        Ok(()) => p.loss(&trial),
+                        Err(e) => {
+                            failure = Some(e);
+                            f64::NAN
+                        }
+                    }
+                },
+                LINE_SEARCH_EVALUATIONS,
+            );
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            let search = search?;
+            let units = planned.scaled(search.gamma);
+            (units, Some(search.gamma), search.evaluations)
+        }
+        Init::Tiny { gamma, .. } => (planned.units.clone(), *gamma, 0),
+        _ => (planned.units.clone(), None, 0),
+    };
+    let backup = model.clone();
+    if let Err(e) = apply_units(model, name, &units) {
+        *model = backup;
+        return Err(e);
+    }
+    let search_flops = evaluations as f64 * stats.rows() as f64 * model.forward_flops();
+    let mut report = ExpansionReport {
+        site: site.name,
+        old_width: site.width,
+        new_width: site.width + k,
+        params_before,
+        params_after: model.num_params(),
+        init: init.clone(),
+        exact: init.is_exact(),
+        max_abs_output_change: None,
+        output_scale: None,
+        loss_before: None,
+        loss_after: None,
+        informed: Some(planned.informed),
+        gamma,
+        init_flops: Some(stats.flops() + planned.flops + search_flops),
+    };
+    if let Some(p) = probe {
+        measure(&mut report, p, model, loss_before, out_before);
+    }
+    Ok(report)
 }
 
 /// Something that measures a model on a fixed batch: the controller compares it before and
@@ -334,6 +463,14 @@ pub trait LossProbe<M> {
         let _ = (model, site);
         None
     }
+
+    /// The statistics of site `site` on the probe batch, for the gradient-informed inits
+    /// ([`Init::GradMax`], [`Init::Tiny`]), when the probe can compute them (it needs a
+    /// target). Default none.
+    fn statistics(&self, model: &M, site: &str) -> Option<SiteStatistics> {
+        let _ = (model, site);
+        None
+    }
 }
 
 impl<M, F: Fn(&M) -> f64> LossProbe<M> for F {
@@ -355,7 +492,19 @@ pub fn grow_site_probed<E: Real, D: Device<E>, M: Growable<E, D>>(
     check_growth(model, name, k, init)?;
     let (loss_before, out_before) = (probe.loss(model), probe.outputs(model));
     let mut report = grow_site(model, name, k, init, rng)?;
-    report.loss_before = Some(loss_before);
+    measure(&mut report, probe, model, Some(loss_before), out_before);
+    Ok(report)
+}
+
+/// Fills the report's probe measurements after a growth.
+fn measure<M>(
+    report: &mut ExpansionReport,
+    probe: &dyn LossProbe<M>,
+    model: &M,
+    loss_before: Option<f64>,
+    out_before: Option<Vec<f64>>,
+) {
+    report.loss_before = loss_before;
     report.loss_after = Some(probe.loss(model));
     if let (Some(b), Some(a)) = (out_before, probe.outputs(model)) {
         report.max_abs_output_change = Some(
@@ -366,7 +515,6 @@ pub fn grow_site_probed<E: Real, D: Device<E>, M: Growable<E, D>>(
         );
         report.output_scale = Some(b.iter().map(|x| x.abs()).fold(0.0, nan_max));
     }
-    Ok(report)
 }
 
 /// The larger of two values, NaN if either is: a NaN output change must not read as 0.

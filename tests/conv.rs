@@ -1461,8 +1461,8 @@ fn output_and_input_norms_match_the_units_read_one_by_one() {
     for layer in [&conv as &dyn Expandable<f64>, &fc] {
         let outs: Vec<f64> = (0..layer.out_width())
             .map(|u| {
-                let (w, b) = layer.output_unit(u).unwrap();
-                norm(&w).hypot(b)
+                let (w, _) = layer.output_unit(u).unwrap();
+                norm(&w)
             })
             .collect();
         let ins: Vec<f64> = (0..layer.in_width())
@@ -1474,6 +1474,10 @@ fn output_and_input_norms_match_the_units_read_one_by_one() {
         for (a, b) in layer.input_norms().iter().zip(&ins) {
             assert!((a - b).abs() <= 1e-12);
         }
+        let biases: Vec<f64> = (0..layer.out_width())
+            .map(|u| layer.output_unit(u).unwrap().1)
+            .collect();
+        assert_eq!(layer.output_biases(), biases);
         assert_eq!(
             (layer.output_norms().len(), layer.input_norms().len()),
             (layer.out_width(), layer.in_width())

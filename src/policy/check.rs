@@ -93,6 +93,10 @@ impl Checker {
             Init::ConstantFanIn { value } if !value.is_finite() => {
                 fail(&format!("{path}.value"), "must be finite")
             }
+            Init::GradMax { .. } | Init::Tiny { .. } => match init.check(2) {
+                Ok(()) => Ok(()),
+                Err(e) => fail(path, e.to_string()),
+            },
             _ => Ok(()),
         }
     }

@@ -566,7 +566,8 @@ fn model_restore_validates_every_tensor_and_changes_nothing_on_error() {
     let (ckpt, mlp, _) = full_checkpoint();
     let dev = Cpu::default();
     let fresh = || Mlp::<f64, Cpu>::new(&[3, 4, 2], Activation::Tanh, &dev, &mut rng(0));
-    let cases: Vec<(&str, Box<dyn Fn(&mut Checkpoint)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Checkpoint)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "overflowing dims",
             Box::new(|c| c.tensors[0].dims = (1 << 32, 1 << 32)),

@@ -368,7 +368,7 @@ pub fn load_spec(path: impl AsRef<Path>) -> Result<PolicySpec, PolicyError> {
 /// model ([`GrowthPolicy::check`]) name the file.
 pub fn load_policy(path: impl AsRef<Path>) -> Result<Box<dyn GrowthPolicy>, PolicyError> {
     let path = path.as_ref();
-    Ok(FromOrigin::new(
+    Ok(FromOrigin::boxed(
         path.display().to_string(),
         load_spec(path)?,
     ))
@@ -376,7 +376,7 @@ pub fn load_policy(path: impl AsRef<Path>) -> Result<Box<dyn GrowthPolicy>, Poli
 
 /// Parse and validate RON text and build the policy; `origin` names the text in errors.
 pub fn policy_from_str(s: &str, origin: &str) -> Result<Box<dyn GrowthPolicy>, PolicyError> {
-    Ok(FromOrigin::new(
+    Ok(FromOrigin::boxed(
         origin.to_string(),
         PolicySpec::from_ron(s, origin)?,
     ))
@@ -392,7 +392,7 @@ struct FromOrigin {
 }
 
 impl FromOrigin {
-    fn new(origin: String, spec: PolicySpec) -> Box<dyn GrowthPolicy> {
+    fn boxed(origin: String, spec: PolicySpec) -> Box<dyn GrowthPolicy> {
         Box::new(FromOrigin {
             origin,
             inner: spec.build(),

@@ -336,11 +336,13 @@ impl AuditLog {
         let path = path.as_ref();
         let mut records = Vec::new();
         for_each_line(path, |line, text| {
-            let r = serde_json::from_slice(text).map_err(|e| AuditError::Parse {
+            let parse_err = |message| AuditError::Parse {
                 path: path.display().to_string(),
                 line,
-                message: e.to_string(),
-            })?;
+                message,
+            };
+            let text = text.map_err(|_| parse_err(too_long()))?;
+            let r = serde_json::from_slice(text).map_err(|e| parse_err(e.to_string()))?;
             records.push(r);
             Ok(())
         })?;
@@ -356,11 +358,15 @@ impl AuditLog {
             bad_lines: Vec::new(),
         };
         for_each_line(path, |line, text| {
-            match serde_json::from_slice(text) {
+            let parsed = match text {
+                Ok(text) => serde_json::from_slice(text).map_err(|e| (e.to_string(), text)),
+                Err(start) => Err((too_long(), start)),
+            };
+            match parsed {
                 Ok(r) => out.records.push(r),
-                Err(e) => out.bad_lines.push(BadLine {
+                Err((message, text)) => out.bad_lines.push(BadLine {
                     line,
-                    message: e.to_string(),
+                    message,
                     text_start: start_of(text),
                 }),
             }
@@ -370,29 +376,63 @@ impl AuditLog {
     }
 }
 
+/// The longest line [`AuditLog::read`] and [`AuditLog::read_lenient`] accept (records are a
+/// few hundred bytes; this bounds the memory a damaged or foreign file can take).
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
 /// Calls `f(line number, line)` for each non-blank line of the regular file `path` (without
-/// its newline), streaming.
+/// its newline), streaming; a line longer than [`MAX_LINE_BYTES`] is passed as `Err` with its
+/// start, and the rest of it is skipped unread into memory.
 fn for_each_line(
     path: &Path,
-    mut f: impl FnMut(usize, &[u8]) -> Result<(), AuditError>,
+    mut f: impl FnMut(usize, Result<&[u8], &[u8]>) -> Result<(), AuditError>,
 ) -> Result<(), AuditError> {
     let mut reader = BufReader::new(crate::fsio::open_regular(path)?);
     let mut buf = Vec::new();
+    let io = |source| io_err(path, source);
     for line in 1.. {
         buf.clear();
-        if reader
+        let n = Read::take(&mut reader, MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut buf)
-            .map_err(|source| io_err(path, source))?
-            == 0
-        {
+            .map_err(io)?;
+        if n == 0 {
             break;
+        }
+        if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
+            skip_line(&mut reader).map_err(io)?;
+            f(line, Err(&buf))?;
+            continue;
         }
         if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        f(line, &buf)?;
+        f(line, Ok(&buf))?;
     }
     Ok(())
+}
+
+/// Consumes the rest of the current line, newline included, without keeping it.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = chunk.len();
+                reader.consume(n);
+            }
+        }
+    }
+}
+
+fn too_long() -> String {
+    format!("line longer than {MAX_LINE_BYTES} bytes")
 }
 
 /// Up to 80 characters of `bytes`, trimmed, invalid UTF-8 replaced.

@@ -591,14 +591,12 @@ impl GrowthController {
                 (r.site, r.old_width, r.new_width, init.clone(), None)
             }
             Growth::Depth { after, hidden } => {
-                // A block's size is the model's business: bound it by the widest site's
-                // per-unit count, which a block's hidden units cannot much exceed.
-                let per_unit = model
-                    .sites()
-                    .iter()
-                    .map(|s| s.params_per_unit)
-                    .max()
-                    .unwrap_or(0);
+                // A block's size is the model's business: measure a one-unit block on a copy
+                // (its parameters bound one unit's and the block's fixed part, so times
+                // `hidden` they bound the block's).
+                let mut one = model.clone();
+                one.deepen(after, 1, &mut StdRng::seed_from_u64(0))?;
+                let per_unit = one.num_params().saturating_sub(params_before);
                 self.check_bytes::<E>(
                     after,
                     *hidden,

@@ -13,6 +13,7 @@
 //! writes
 //! `summary.json`, `audit-<policy>.jsonl` and `loss_vs_flops.svg` to `--out`.
 
+mod check;
 mod plot;
 mod summary;
 mod train;
@@ -22,7 +23,6 @@ use std::process::ExitCode;
 
 use dfdx_grow::audit::{summary_table, AuditLog};
 use dfdx_grow::optim::{NewUnitLr, NewUnitSteps};
-use dfdx_grow::policy::load_policy;
 use dfdx_grow::GrowthController;
 use dfdx_grow_data::{self as data, Split};
 
@@ -149,14 +149,18 @@ fn setup(a: &Args) -> Result<(Split, usize, usize, Settings, PathBuf), String> {
 
 fn run() -> Result<(), String> {
     let a = parse_args()?;
+    check::check_options(&a.dataset, a.data_dir.as_deref(), a.steps)?;
     let (split, small, large, settings, policy_dir) = setup(&a)?;
     let policies = if a.policies.is_empty() {
         ron_files(&policy_dir)?
     } else {
         a.policies.clone()
     };
-    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
     let (d, c) = (split.train.n_features, split.train.n_classes);
+    // Everything the user passed is checked before the first step.
+    check::check_out(&a.out)?;
+    let grown = check::plan_grown_runs(&policies, &[d, small, c], large, &a.out)?;
+    train::check_data(&split, settings.batch)?;
     eprintln!(
         "{}: {} training and {} validation examples; {} steps of Adam (lr {}, batch {}); hidden {} -> {}",
         a.dataset, split.train.len(), split.val.len(), settings.steps, settings.lr, settings.batch, small, large
@@ -187,19 +191,16 @@ fn run() -> Result<(), String> {
         flops_budget: (!a.same_steps).then_some(runs[1].train_flops),
         ..settings.clone()
     };
-    for file in &policies {
-        let stem = stem(file);
-        let policy = load_policy(file).map_err(|e| e.to_string())?;
-        let log_path = a.out.join(format!("audit-{stem}.jsonl"));
+    let mut logs = Vec::new();
+    for run in grown {
         // The log is append-only: start each comparison with a fresh one.
-        let _ = std::fs::remove_file(&log_path);
+        let _ = std::fs::remove_file(&run.log);
         // Once a layer is at its cap, a policy may keep asking: the controller writes each run
         // of identical refusals as one record with its count.
-        let log = AuditLog::open(&log_path).map_err(|e| e.to_string())?;
-        let ctl = GrowthController::new(policy, settings.seed).with_audit(log);
-        let name = format!("grown-{stem}");
+        let log = AuditLog::open(&run.log).map_err(|e| e.to_string())?;
+        let ctl = GrowthController::new(run.policy, settings.seed).with_audit(log);
         runs.push(train::train(
-            &name,
+            &run.name,
             &split,
             &[d, small, c],
             large,
@@ -207,22 +208,14 @@ fn run() -> Result<(), String> {
             &grown_settings,
             &mut progress,
         )?);
+        logs.push((run.name, run.log));
     }
     summary::report(&runs, &a.out, &a.dataset)?;
-    for file in &policies {
-        let stem = stem(file);
-        let records =
-            AuditLog::read(a.out.join(format!("audit-{stem}.jsonl"))).map_err(|e| e.to_string())?;
-        println!("\naudit log of grown-{stem}:\n{}", summary_table(&records));
+    for (name, log) in &logs {
+        let records = AuditLog::read(log).map_err(|e| e.to_string())?;
+        println!("\naudit log of {name}:\n{}", summary_table(&records));
     }
     Ok(())
-}
-
-/// A policy file's name without its extension: `policies/plateau.ron` is `plateau`.
-fn stem(file: &Path) -> String {
-    file.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 fn ron_files(dir: &Path) -> Result<Vec<PathBuf>, String> {

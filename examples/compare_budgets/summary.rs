@@ -178,7 +178,8 @@ pub fn report(runs: &[Run], out: &Path, dataset: &str) -> Result<(), String> {
     let json = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
     let write = |name: &str, text: &str| {
         let p = out.join(name);
-        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
+        // Atomic: a run killed while reporting leaves the previous report whole.
+        dfdx_grow::fsio::write_atomic(&p, text.as_bytes()).map_err(|e| e.to_string())
     };
     write("summary.json", &json)?;
     write(

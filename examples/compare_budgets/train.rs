@@ -110,6 +110,16 @@ impl<'a> Batches<'a> {
         }
     }
 
+    /// Epochs completed (what [`Metrics::epoch`] means): the epoch in progress counts once its
+    /// last whole batch has been taken.
+    pub fn epochs_completed(&self) -> u64 {
+        if self.cursor + self.size > self.order.len() {
+            self.epoch
+        } else {
+            self.epoch.saturating_sub(1)
+        }
+    }
+
     /// The next batch, reshuffling at each epoch's start.
     pub fn next_batch(&mut self) -> (M, M) {
         if self.cursor + self.size > self.order.len() {
@@ -232,7 +242,7 @@ pub fn train(
             let val = evaluated.then(|| curve[curve.len() - 1].val_loss);
             let m = Metrics::of(&mlp)
                 .step(step as u64)
-                .epoch(batches.epoch)
+                .epoch(batches.epochs_completed())
                 .train_loss(train_loss)
                 .val_loss(val)
                 .grads(&mut grads)
@@ -354,6 +364,20 @@ mod tests {
             .expect_err("no val")
             .contains("validation set is empty"));
         assert!(run(8, 2, 0).expect_err("batch 0").contains("at least 1"));
+    }
+
+    #[test]
+    fn epochs_completed_counts_whole_passes_not_the_epoch_in_progress() {
+        let data = set(8);
+        let mut b = Batches::new(&data, 3, StdRng::seed_from_u64(0));
+        assert_eq!(b.epochs_completed(), 0);
+        // 8 examples in batches of 3: two batches an epoch (the last 2 are skipped).
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            b.next_batch();
+            seen.push(b.epochs_completed());
+        }
+        assert_eq!(seen, [0, 1, 1, 2, 2]);
     }
 
     #[test]

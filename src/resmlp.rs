@@ -454,12 +454,15 @@ impl<E: Dtype, D: Device<E>> Params<E, D> for ResMlp<E, D> {
     }
 }
 
+/// A batch on the stream (or the input, or the output): (batch, features).
+type Stream<E, D, T> = Tensor<(usize, usize), E, D, T>;
+
 impl<E: Dtype, D: Device<E>> ResMlp<E, D> {
     /// The blocks and the head, from the stream `h`.
     fn blocks_and_head<T: Tape<E, D>>(
         &self,
-        mut h: Tensor<(usize, usize), E, D, T>,
-    ) -> Result<Tensor<(usize, usize), E, D, T>, D::Err> {
+        mut h: Stream<E, D, T>,
+    ) -> Result<Stream<E, D, T>, D::Err> {
         for b in &self.blocks {
             // The branch reads the stream on an empty tape; the sum joins both tapes, so the
             // gradient reaches the stream through both paths (as dfdx's `Residual`).

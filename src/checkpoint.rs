@@ -308,7 +308,7 @@ impl Checkpoint {
                 .iter()
                 .rev()
                 .find(|b| now.contains(b))
-                .map_or(crate::site::FIRST_BLOCK, String::as_str);
+                .map_or(crate::grow::site::FIRST_BLOCK, String::as_str);
             let made = model.deepen(after, 1, &mut rng).map_err(grow)?;
             if made != *block {
                 return Err(mismatch(format!(
@@ -338,7 +338,7 @@ impl Checkpoint {
             let site = sites.iter().find(|s| s.name == *name).ok_or_else(|| {
                 mismatch(format!(
                     "the checkpoint has site {name:?}; the model's sites are {:?}",
-                    crate::site::site_names(&sites)
+                    crate::grow::site::site_names(&sites)
                 ))
             })?;
             if site.width > *width {
@@ -434,7 +434,7 @@ impl Checkpoint {
 
     /// Builds the saved [`Mlp`] on `dev` (its widths, activation, width cap and weights).
     pub fn to_mlp<E: Real, D: Device<E>>(&self, dev: &D) -> Result<Mlp<E, D>, CheckpointError> {
-        let spec: crate::mlp::MlpSpec = serde_json::from_value(self.model.clone())
+        let spec: crate::nn::mlp::MlpSpec = serde_json::from_value(self.model.clone())
             .map_err(|e| CheckpointError::Mismatch(format!("not an Mlp checkpoint: {e}")))?;
         // The description must account for exactly the saved values before anything of its
         // size is allocated.

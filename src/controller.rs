@@ -8,13 +8,13 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditError, AuditLog, AuditRecord, DeclinedEvent, GrowthEvent, RefusedEvent};
+use crate::grow::site::{check_growth, grow_site, grow_site_informed};
 use crate::health::{reinitialise_units, site_health, HealthRecord};
 use crate::lr::LrSchedule;
 use crate::optim::Optimizer;
 use crate::policy::{
     load_state_atomically, Decision, Declined, Growth, GrowthPolicy, Metrics, PolicyError,
 };
-use crate::site::{check_growth, grow_site, grow_site_informed};
 use crate::{shrink_perturb, GrowError, Growable, Init, LossProbe, Real, ShrinkPerturb};
 
 /// What the controller could not do; the model, the optimizer, the policy state, the event

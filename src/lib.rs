@@ -10,57 +10,36 @@
 pub use dfdx;
 pub use rand;
 
-mod activation;
 pub mod audit;
 pub mod checkpoint;
-mod cnn;
 mod codec;
 mod controller;
-mod conv;
-mod data_matmul;
 mod error;
-mod expandable;
 pub mod flops;
 pub mod fsio;
-pub mod health;
-pub mod informed;
-pub mod init;
-mod linear;
-mod loss;
+pub mod grow;
 pub mod lr;
-mod mlp;
+pub mod nn;
 pub mod optim;
 mod params;
-mod perturb;
 pub mod policy;
-mod report;
-mod resmlp;
-pub mod sampling;
-mod site;
 
-pub use activation::Activation;
-pub use cnn::{Cnn, CnnSpec, ConvSpec};
 pub use controller::{
     ControllerError, ControllerState, GrowthController, HealthAction, HealthCheck, Outcome,
     DEFAULT_MAX_GROWTH_BYTES,
 };
-pub use conv::{flatten, Conv2d, FlatLinear, Images};
-pub use data_matmul::Data;
 pub use error::GrowError;
-pub use expandable::{grow_between, Expandable};
-pub use informed::{HostMatrix, SiteStatistics};
-pub use init::{Init, NewUnits};
-pub use linear::Linear;
-pub use loss::Loss;
-pub use mlp::{Mlp, MlpSpec, Probe};
-pub use params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params, Vector};
-pub use perturb::{shrink_perturb, PerturbScope, ShrinkPerturb};
-pub use report::ExpansionReport;
-pub use resmlp::{Block, ResMlp, ResMlpSpec};
-pub use site::{
-    check_growth, grow_site, grow_site_informed, grow_site_probed, Growable, LossProbe, Site,
-    SiteMut, DEFAULT_MAX_WIDTH, FIRST_BLOCK,
+pub use grow::informed::{HostMatrix, SiteStatistics};
+pub use grow::{
+    check_growth, grow_between, grow_site, grow_site_informed, grow_site_probed, health, informed,
+    init, sampling, shrink_perturb, Expandable, ExpansionReport, Growable, Init, LossProbe,
+    NewUnits, PerturbScope, ShrinkPerturb, Site, SiteMut, DEFAULT_MAX_WIDTH, FIRST_BLOCK,
 };
+pub use nn::{
+    flatten, Activation, Block, Cnn, CnnSpec, Conv2d, ConvSpec, Data, FlatLinear, Images, Linear,
+    Loss, Mlp, MlpSpec, Probe, ResMlp, ResMlpSpec,
+};
+pub use params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params, Vector};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

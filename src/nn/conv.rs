@@ -41,10 +41,10 @@ use std::any::{Any, TypeId};
 use dfdx::prelude::*;
 use rand::Rng;
 
-use crate::expandable::fan_in_bound;
-use crate::linear::uniform;
+use crate::grow::expandable::fan_in_bound;
 use crate::params::l2_norm;
 use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
+use crate::sampling::uniform;
 use crate::{Data, Expandable, GrowError, Linear, Real};
 
 /// A batch of images, `(batch, channels, height, width)`.

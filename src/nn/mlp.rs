@@ -4,10 +4,10 @@ use dfdx::prelude::{Backward, Device, Dtype, HasShape, Module, Tape, Tensor, Tra
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::grow::site::{check_growth, grow_site, grow_site_probed, DEFAULT_MAX_WIDTH};
 use crate::health::Activity;
 use crate::informed::{HostMatrix, SiteStatistics};
 use crate::params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params};
-use crate::site::{check_growth, grow_site, grow_site_probed, DEFAULT_MAX_WIDTH};
 use crate::{
     Activation, Expandable, ExpansionReport, GrowError, Growable, Init, Linear, Loss, LossProbe,
     Real, Site, SiteMut,

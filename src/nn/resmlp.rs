@@ -6,10 +6,10 @@ use dfdx::prelude::{
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
+use crate::grow::site::DEFAULT_MAX_WIDTH;
 use crate::health::Activity;
 use crate::informed::{HostMatrix, SiteStatistics};
 use crate::params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params};
-use crate::site::DEFAULT_MAX_WIDTH;
 use crate::{
     Activation, Expandable, GrowError, Growable, Linear, Loss, LossProbe, Probe, Real, Site,
 };

@@ -5,8 +5,8 @@ use rand::RngCore;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-use crate::expandable::fan_in_bound;
-use crate::linear::uniform;
+use crate::grow::expandable::fan_in_bound;
+use crate::sampling::uniform;
 use crate::{Expandable, GrowError, Real};
 
 /// How new units are initialised when a hidden layer grows.

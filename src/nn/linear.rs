@@ -3,7 +3,7 @@
 use dfdx::prelude::*;
 use rand::Rng;
 
-use crate::expandable::fan_in_bound;
+use crate::grow::expandable::fan_in_bound;
 use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
 use crate::{Expandable, GrowError, Real};
 
@@ -32,12 +32,6 @@ pub struct Linear<E: Dtype, D: Device<E>> {
     pub bias: Vector<E, D>,
 }
 
-/// Samples `n` values uniformly in `(-bound, bound)`, the way a fresh dfdx layer is
-/// initialised, in bulk (see [`crate::sampling::uniform`]).
-pub(crate) fn uniform<E: Real>(n: usize, bound: f64, rng: &mut (impl Rng + ?Sized)) -> Vec<E> {
-    crate::sampling::uniform(n, bound, rng)
-}
-
 impl<E: Real, D: Device<E>> Linear<E, D> {
     /// A layer of `out` units over `inp` inputs, weights and bias uniform in
     /// `[-1/sqrt(inp), 1/sqrt(inp))` as dfdx's and PyTorch's defaults.
@@ -50,10 +44,10 @@ impl<E: Real, D: Device<E>> Linear<E, D> {
                 reason: "the weight's size overflows usize".into(),
             })?;
         let weight = dev
-            .try_tensor_from_vec(uniform(n, bound, rng), (out, inp))
+            .try_tensor_from_vec(crate::sampling::uniform(n, bound, rng), (out, inp))
             .map_err(GrowError::device)?;
         let bias = dev
-            .try_tensor_from_vec(uniform(out, bound, rng), (out,))
+            .try_tensor_from_vec(crate::sampling::uniform(out, bound, rng), (out,))
             .map_err(GrowError::device)?;
         Ok(Self { weight, bias })
     }

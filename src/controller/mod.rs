@@ -159,7 +159,7 @@ impl GrowthController {
     }
 
     /// After every growth that passed the probe check, shrinks and perturbs the old weights
-    /// ([`shrink_perturb`]; off by default). Not function-preserving: the probe check judges
+    /// ([`crate::shrink_perturb`]; off by default). Not function-preserving: the probe check judges
     /// the growth before it, and the event's `loss_after` is measured before it too.
     pub fn with_shrink_perturb(mut self, setting: ShrinkPerturb) -> Result<Self, ControllerError> {
         match setting.check() {

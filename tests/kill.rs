@@ -63,6 +63,8 @@ fn record(step: u64) -> AuditRecord {
         loss_after: None,
         flops: step as f64 * 1e6,
         lr: None,
+        informed: None,
+        init_flops: None,
     })
 }
 

@@ -66,6 +66,14 @@ pub struct GrowthEvent {
     /// What the learning-rate schedule did at the growth, when the controller runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr: Option<String>,
+    /// For a gradient-informed init: how many of the new units its statistics informed (the
+    /// rest start as `ZerosOut`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub informed: Option<usize>,
+    /// For a gradient-informed init: the FLOPs of its statistics, decompositions and line
+    /// search, to count with the training's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_flops: Option<f64>,
 }
 
 /// Growths a policy wanted but its [`Limits`](crate::policy::Limits) refused. Identical

@@ -140,6 +140,7 @@ impl GrowthController {
         probe: Option<&dyn LossProbe<M>>,
     ) -> Result<GrowthEvent, GrowError> {
         let params_before = model.num_params();
+        let mut informed = (None, None);
         let (site, old_width, new_width, init, after) = match g {
             Growth::Width { site, k, init } => {
                 let s = check_growth(model, site, *k, init)?;
@@ -160,6 +161,7 @@ impl GrowthController {
                 } else {
                     grow_site(model, site, *k, init, rng)?
                 };
+                informed = (r.informed, r.init_flops);
                 (r.site, r.old_width, r.new_width, init.clone(), None)
             }
             Growth::Depth { after, hidden } => {
@@ -196,6 +198,8 @@ impl GrowthController {
             loss_after: None,
             flops: m.flops,
             lr: None,
+            informed: informed.0,
+            init_flops: informed.1,
         })
     }
 

@@ -281,6 +281,10 @@ fn damage() -> impl Strategy<Value = Damage> {
 
 fn apply(bytes: &[u8], d: &Damage) -> Vec<u8> {
     let mut b = bytes.to_vec();
+    if b.is_empty() && matches!(d, Damage::Flip { .. } | Damage::Truncate { .. }) {
+        // An earlier truncation left nothing to flip or cut.
+        return b;
+    }
     match d {
         Damage::Flip { at, mask } => {
             let i = at % b.len();

@@ -3,6 +3,7 @@
 use dfdx::prelude::{Device, Gradients};
 use serde::{Deserialize, Serialize};
 
+use super::experimental::{inherit_second_moment, mean_sqrt_v_hat, NewUnitExperiment};
 use super::{
     check_hyper, check_weight_decay, host_pass, ModelState, Optimizer, Scratch, WeightDecay,
 };
@@ -41,6 +42,9 @@ pub struct AdamConfig {
     /// Default none (every weight uses `lr`).
     #[serde(default)]
     pub new_unit_lr: Option<NewUnitLr>,
+    /// EXPERIMENTAL (issue 7): further handling of new weights under study. Default: none.
+    #[serde(default)]
+    pub new_unit_experiment: NewUnitExperiment,
 }
 
 /// A learning-rate multiplier for the weights of a growth cohort during its first `steps`
@@ -62,6 +66,7 @@ impl Default for AdamConfig {
             weight_decay: None,
             new_units: NewUnitSteps::Cohort,
             new_unit_lr: None,
+            new_unit_experiment: NewUnitExperiment::default(),
         }
     }
 }
@@ -74,6 +79,9 @@ pub struct Adam<E> {
     state: ModelState<E>,
     steps: u64,
     scratch: Scratch<E>,
+    /// EXPERIMENTAL: per tensor, the epsilon of each growth cohort (by birth step) when
+    /// `new_unit_experiment.eps_rel` is set.
+    cohort_eps: Vec<Vec<(u64, f64)>>,
 }
 
 impl<E: Real> Adam<E> {
@@ -99,11 +107,35 @@ impl<E: Real> Adam<E> {
                 "must be finite and > 0",
             )?;
         }
+        if let Some(c) = cfg.new_unit_experiment.eps_rel {
+            check_hyper(
+                "new_unit_experiment.eps_rel",
+                c,
+                c > 0.0,
+                "must be finite and > 0",
+            )?;
+        }
+        if let Some(eps) = cfg.new_unit_experiment.eps {
+            check_hyper(
+                "new_unit_experiment.eps",
+                eps,
+                eps > 0.0,
+                "must be finite and > 0",
+            )?;
+        }
+        if cfg.new_unit_experiment.warmup == Some(0) {
+            return Err(GrowError::InvalidHyper {
+                name: "new_unit_experiment.warmup",
+                value: 0.0,
+                reason: "must be at least 1 step",
+            });
+        }
         Ok(Self {
             cfg,
             state: ModelState::default(),
             steps: 0,
             scratch: Scratch::default(),
+            cohort_eps: Vec::new(),
         })
     }
 
@@ -172,7 +204,22 @@ fn adam_block<E: Real>(
 
 impl<E: Real, D: Device<E>> Optimizer<E, D> for Adam<E> {
     fn sync(&mut self, model: &dyn Params<E, D>) -> Result<(), GrowError> {
-        self.state.sync(&model.param_dims(), 2, self.steps)
+        let old: Vec<(usize, usize)> = self.state.tensors.iter().map(|t| t.dims).collect();
+        self.state.sync(&model.param_dims(), 2, self.steps)?;
+        let exp = self.cfg.new_unit_experiment;
+        self.cohort_eps.resize(self.state.tensors.len(), Vec::new());
+        let bias2 = 1.0 - self.cfg.betas[1].powi(i32::try_from(self.steps).unwrap_or(i32::MAX));
+        for (i, (st, &dims)) in self.state.tensors.iter_mut().zip(&old).enumerate() {
+            if dims == st.dims {
+                continue;
+            }
+            if let Some(c) = exp.eps_rel {
+                let eps = (c * mean_sqrt_v_hat(st, dims, 1, bias2)).max(self.cfg.eps);
+                self.cohort_eps[i].push((self.steps, eps));
+            }
+            inherit_second_moment(st, dims, 1, exp.moment);
+        }
+        Ok(())
     }
 
     fn update(
@@ -185,6 +232,8 @@ impl<E: Real, D: Device<E>> Optimizer<E, D> for Adam<E> {
         let (cfg, now) = (self.cfg, self.steps);
         let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
         let (b1, b2, eps) = (cast(cfg.betas[0]), cast(cfg.betas[1]), cast(cfg.eps));
+        let cohort_eps = &self.cohort_eps;
+        let mut tensor = 0;
         host_pass(
             model,
             grads,
@@ -203,10 +252,26 @@ impl<E: Real, D: Device<E>> Optimizer<E, D> for Adam<E> {
                     let c1 = (E::one() - b1.powi(t)).recip();
                     let c2 = (E::one() - b2.powi(t)).recip();
                     // Weights added by a growth (born after step 0) may have a boosted rate.
-                    let lr_f64 = match cfg.new_unit_lr {
+                    let mut lr_f64 = match cfg.new_unit_lr {
                         Some(n) if born > 0 && now - born <= n.steps => cfg.lr * n.scale,
                         _ => cfg.lr,
                     };
+                    let exp = cfg.new_unit_experiment;
+                    let mut eps = eps;
+                    if born > 0 {
+                        if let Some(n) = exp.warmup {
+                            lr_f64 *= ((now - born) as f64 / n as f64).min(1.0);
+                        }
+                        if let Some(e) = exp.eps {
+                            eps = cast(e);
+                        }
+                        if let Some(&(_, e)) = cohort_eps
+                            .get(tensor)
+                            .and_then(|c| c.iter().find(|(b, _)| *b == born))
+                        {
+                            eps = cast(e);
+                        }
+                    }
                     let lr = cast(lr_f64);
                     for range in ranges {
                         adam_block(
@@ -221,6 +286,7 @@ impl<E: Real, D: Device<E>> Optimizer<E, D> for Adam<E> {
                     }
                 });
                 st.buffers = bufs;
+                tensor += 1;
             },
         )
     }

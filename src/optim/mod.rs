@@ -7,6 +7,7 @@
 //! `Adam` compute (the same operations in the same order).
 
 mod adam;
+pub mod experimental;
 mod sgd;
 mod state;
 

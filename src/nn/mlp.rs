@@ -165,20 +165,8 @@ impl<E: Real, D: Device<E>> Mlp<E, D> {
     /// The pre-activations of hidden layer `hidden` on the batch `x`, example-major (batch x
     /// width): what the activation sees, from which [`crate::health`] tells dead units.
     pub fn pre_activations(&self, hidden: usize, x: &Matrix<E, D>) -> Result<Vec<E>, GrowError> {
-        if hidden >= self.hidden_layers() {
-            return Err(GrowError::NoSuchLayer {
-                index: hidden,
-                hidden_layers: self.hidden_layers(),
-            });
-        }
         self.check_input(x)?;
-        let mut h = x.clone();
-        for layer in &self.layers[..hidden] {
-            h = self
-                .act
-                .try_apply(layer.forward(h))
-                .map_err(GrowError::device)?;
-        }
+        let h = self.hidden_input(hidden, x)?;
         Ok(self.layers[hidden].forward(h).as_vec())
     }
 

@@ -58,6 +58,16 @@ pub enum GrowError {
         /// The sites the model has.
         sites: Vec<String>,
     },
+    /// A site names a parameter the model does not have (a typo in its `params`).
+    #[error("site {site:?} names parameter {param:?}, which the model's parameter walk does not have; its parameters are {params:?}")]
+    UnknownParam {
+        /// The site.
+        site: String,
+        /// The name it gave.
+        param: String,
+        /// The names the walk has.
+        params: Vec<String>,
+    },
     /// The site grows in groups of units and `k` is not a multiple of the group.
     #[error("site {site:?} grows in multiples of {multiple} units, but k = {k}")]
     UnitMultiple {

@@ -18,7 +18,7 @@
 //!     "(peak: 1e-3, warmup: 100, decay: Cosine(floor: 0.0), budget: Steps(1000), on_growth: Rewarm(steps: 50))",
 //!     "inline",
 //! ).unwrap();
-//! let mut s = LrSchedule::new(spec);
+//! let mut s = LrSchedule::new(spec).unwrap();
 //! assert_eq!(s.lr(0, 0.0), 1e-5);            // warm-up: (0 + 1) / 100 of the peak
 //! assert!((s.lr(99, 0.0) - 1e-3).abs() < 1e-15);
 //! assert!(s.lr(550, 0.0) < 1e-3);            // decaying
@@ -149,6 +149,17 @@ impl LrScheduleSpec {
             }
             _ => {}
         }
+        if let Budget::Steps(n) = self.budget {
+            if self.warmup >= n {
+                return bad(
+                    "warmup",
+                    format!(
+                        "the warm-up ({} steps) must be shorter than the budget ({n} steps)",
+                        self.warmup
+                    ),
+                );
+            }
+        }
         if let OnGrowth::Rewarm { steps: 0 } = self.on_growth {
             return bad("on_growth.steps", "a re-warm needs at least 1 step".into());
         }
@@ -165,11 +176,28 @@ pub struct LrSchedule {
 }
 
 impl LrSchedule {
-    /// A schedule with no growth yet.
-    pub fn new(spec: LrScheduleSpec) -> Self {
-        LrSchedule {
+    /// A schedule with no growth yet, from a spec that [`LrScheduleSpec::validate`] accepts
+    /// (a schedule that cannot give finite, non-negative rates is refused here, not ignored
+    /// later).
+    pub fn new(spec: LrScheduleSpec) -> Result<Self, PolicyError> {
+        spec.validate("lr schedule")?;
+        Ok(LrSchedule {
             spec,
             last_growth: None,
+        })
+    }
+
+    /// Checks a schedule that was not built by [`LrSchedule::new`] (one read back from a saved
+    /// state): its spec, and a finite last growth.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        self.spec.validate("lr schedule")?;
+        match self.last_growth {
+            Some((_, f)) if !(f.is_finite() && f >= 0.0) => Err(PolicyError::Invalid {
+                origin: "lr schedule".into(),
+                path: "last_growth".into(),
+                reason: format!("FLOPs at the last growth must be finite and >= 0, got {f}"),
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -203,7 +231,10 @@ impl LrSchedule {
         };
         let p = self.progress(step, flops);
         let decay_p = |from: f64| {
-            if p <= from {
+            if from >= 1.0 {
+                // Nothing of the budget is left to decay over: the decay is complete.
+                1.0
+            } else if p <= from {
                 0.0
             } else {
                 (p - from) / (1.0 - from).max(f64::MIN_POSITIVE)
@@ -211,8 +242,8 @@ impl LrSchedule {
         };
         let base = s.peak * warm * s.decay.factor(decay_p(p_warm));
         match (s.on_growth, self.last_growth) {
-            (OnGrowth::Rewarm { steps }, Some((g, _))) if step < g + steps => {
-                base * (step - g.min(step)) as f64 / steps as f64
+            (OnGrowth::Rewarm { steps }, Some((g, _))) if step >= g && step - g < steps => {
+                base * (step - g) as f64 / steps as f64
             }
             (OnGrowth::RewindToPeak, Some((g, gf))) => {
                 let from = self.progress(g, gf);

@@ -8,8 +8,9 @@ use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
 use dfdx_grow::policy::{load_policy, Metrics, PolicyError};
 use dfdx_grow::rand::{rngs::StdRng, Rng, SeedableRng};
 use dfdx_grow::{
-    grow_site, ControllerError, Expandable, GrowError, Growable, GrowthController, Init, Matrix,
-    Outcome, Params, Real,
+    grow_site, scoped, scoped_mut, ControllerError, Expandable, GrowError, Growable,
+    GrowthController, Init, Linear, Matrix, Outcome, ParamMut, ParamRef, Params, Real, Site,
+    SiteMut,
 };
 
 #[path = "../examples/custom_model/model.rs"]
@@ -231,5 +232,140 @@ fn a_policy_naming_a_missing_site_is_an_error_naming_the_file_and_nothing_grows(
     assert!(
         e.to_string().contains("Layer(1)") && e.to_string().contains("trunk"),
         "{e}"
+    );
+}
+
+/// Two crate layers around a site that may start with no unit at all.
+#[derive(Clone, Debug)]
+struct Thin {
+    a: Linear<f64, Cpu>,
+    b: Linear<f64, Cpu>,
+}
+
+impl Params<f64, Cpu> for Thin {
+    fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, f64, Cpu>)) {
+        self.a.visit(&mut scoped("a", f));
+        self.b.visit(&mut scoped("b", f));
+    }
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, f64, Cpu>)) {
+        self.a.visit_mut(&mut scoped_mut("a", f));
+        self.b.visit_mut(&mut scoped_mut("b", f));
+    }
+}
+
+impl Growable<f64, Cpu> for Thin {
+    fn sites(&self) -> Vec<Site> {
+        vec![Site::new("a", &self.a, &[&self.b]).with_params(["a.weight", "a.bias"])]
+    }
+    fn site_mut(&mut self, name: &str) -> Option<SiteMut<'_, f64>> {
+        (name == "a").then(|| SiteMut {
+            producer: &mut self.a,
+            consumers: vec![&mut self.b],
+        })
+    }
+    fn forward_flops(&self) -> f64 {
+        self.a.forward_flops() + self.b.forward_flops()
+    }
+}
+
+#[test]
+fn a_site_with_no_unit_grows_by_the_default_init_and_its_optimizer_state_saves_and_loads() {
+    let (dev, mut rng) = (Cpu::default(), StdRng::seed_from_u64(8));
+    let mut m = Thin {
+        a: Linear::new(4, 0, &dev, &mut rng).unwrap(),
+        b: Linear::new(0, 3, &dev, &mut rng).unwrap(),
+    };
+    let x: Matrix<f64, Cpu> = dev.sample_normal_like(&(5, 4));
+    let out = |m: &Thin| m.b.forward(m.a.forward(x.clone()).relu()).as_vec();
+    let mut opt = Adam::<f64>::new(AdamConfig::default()).unwrap();
+    opt.sync(&m).unwrap();
+    for k in [3, 2] {
+        let before = out(&m);
+        grow_site(&mut m, "a", k, &Init::ZerosOut, &mut rng).unwrap();
+        assert_eq!(out(&m), before, "the new units' fan-out is zero");
+        opt.sync(&m).unwrap();
+        let grads = m.try_alloc_grads().unwrap();
+        let l =
+            m.b.forward(m.a.forward(x.clone().traced(grads)).relu())
+                .square()
+                .mean();
+        opt.update(&mut m, &mut l.backward()).unwrap();
+    }
+    let saved = opt.save_state();
+    let mut again = Adam::<f64>::new(AdamConfig::default()).unwrap();
+    again.load_state(&saved, &m).unwrap();
+    let path = std::env::temp_dir().join(format!("dfdx_grow_thin_{}.ckpt", std::process::id()));
+    Checkpoint::of(&m)
+        .with_optimizer(saved)
+        .save(&path)
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+}
+
+/// `Thin` whose site names parameters as given.
+#[derive(Clone, Debug)]
+struct Named(Thin, Vec<&'static str>);
+
+impl Params<f64, Cpu> for Named {
+    fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, f64, Cpu>)) {
+        self.0.visit(f)
+    }
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, f64, Cpu>)) {
+        self.0.visit_mut(f)
+    }
+}
+
+impl Growable<f64, Cpu> for Named {
+    fn sites(&self) -> Vec<Site> {
+        vec![Site::new("a", &self.0.a, &[&self.0.b]).with_params(self.1.iter().copied())]
+    }
+    fn site_mut(&mut self, name: &str) -> Option<SiteMut<'_, f64>> {
+        self.0.site_mut(name)
+    }
+    fn forward_flops(&self) -> f64 {
+        self.0.forward_flops()
+    }
+}
+
+#[test]
+fn a_site_naming_no_parameter_has_no_gradient_norm_and_a_mistyped_name_is_an_error() {
+    let (dev, mut rng) = (Cpu::default(), StdRng::seed_from_u64(9));
+    let thin = Thin {
+        a: Linear::new(4, 3, &dev, &mut rng).unwrap(),
+        b: Linear::new(3, 2, &dev, &mut rng).unwrap(),
+    };
+    let x: Matrix<f64, Cpu> = dev.sample_normal_like(&(5, 4));
+    let grads_of = |m: &Named| {
+        let g = m.try_alloc_grads().unwrap();
+        m.0.b
+            .forward(m.0.a.forward(x.clone().traced(g)).relu())
+            .square()
+            .mean()
+            .backward()
+    };
+    let named = Named(thin.clone(), vec!["a.weight", "a.bias"]);
+    let m = Metrics::of(&named)
+        .grads(&mut grads_of(&named))
+        .build()
+        .unwrap();
+    assert!(m.sites[0].grad_norm.unwrap() > 0.0);
+    let none = Named(thin.clone(), vec![]);
+    let m = Metrics::of(&none)
+        .grads(&mut grads_of(&none))
+        .build()
+        .unwrap();
+    assert_eq!(m.sites[0].grad_norm, None);
+    let typo = Named(thin, vec!["a.weigth"]);
+    let e = Metrics::of(&typo)
+        .grads(&mut grads_of(&typo))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&e, GrowError::UnknownParam { param, .. } if param == "a.weigth"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("a.weight"),
+        "lists the real names: {e}"
     );
 }

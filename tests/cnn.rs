@@ -185,6 +185,14 @@ fn bad_geometry_and_input_are_typed_errors() {
         target: None,
     };
     assert!(probe.loss(&cnn).is_nan());
+    // So does a target of another batch size (it panicked inside dfdx's loss).
+    let dev = Cpu::default();
+    let probe = Probe {
+        input: input::<f32>(&dev, 2, 25, &mut rng),
+        target: Some((one_hot::<f32>(&dev, 5, 2, &mut rng), Loss::CrossEntropy)),
+    };
+    assert!(probe.loss(&cnn).is_nan());
+    assert!(probe.check(25, 2).is_err());
 }
 
 #[test]

@@ -26,7 +26,7 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn warm_up_then_cosine_and_linear_decay_at_known_steps() {
-    let s = LrSchedule::new(spec(Decay::Cosine { floor: 0.1 }, OnGrowth::Keep));
+    let s = LrSchedule::new(spec(Decay::Cosine { floor: 0.1 }, OnGrowth::Keep)).unwrap();
     // Warm-up: (step + 1) / 10 of the peak.
     for (step, want) in [(0, 0.1), (4, 0.5), (9, 1.0)] {
         assert!(
@@ -42,10 +42,10 @@ fn warm_up_then_cosine_and_linear_decay_at_known_steps() {
         assert!(close(s.lr(step, 0.0), cos(p)), "step {step}");
     }
     assert!(close(s.lr(60, 0.0), 0.55));
-    let s = LrSchedule::new(spec(Decay::Linear { floor: 0.0 }, OnGrowth::Keep));
+    let s = LrSchedule::new(spec(Decay::Linear { floor: 0.0 }, OnGrowth::Keep)).unwrap();
     assert!(close(s.lr(60, 0.0), 0.5));
     assert!(close(s.lr(110, 0.0), 0.0));
-    let s = LrSchedule::new(spec(Decay::Constant, OnGrowth::Keep));
+    let s = LrSchedule::new(spec(Decay::Constant, OnGrowth::Keep)).unwrap();
     assert!(close(s.lr(100, 0.0), 1.0));
 }
 
@@ -54,7 +54,7 @@ fn a_flop_budget_decays_with_the_flops_spent() {
     let mut sp = spec(Decay::Linear { floor: 0.0 }, OnGrowth::Keep);
     sp.budget = Budget::Flops(1e12);
     sp.warmup = 0;
-    let s = LrSchedule::new(sp);
+    let s = LrSchedule::new(sp).unwrap();
     // A grown run spends fewer FLOPs per step: its rate stays higher at the same step.
     assert!(close(s.lr(500, 2.5e11), 0.75));
     assert!(close(s.lr(500, 5e11), 0.5));
@@ -64,11 +64,11 @@ fn a_flop_budget_decays_with_the_flops_spent() {
 #[test]
 fn growth_actions_keep_rewarm_and_rewind_to_the_peak() {
     let decay = Decay::Linear { floor: 0.0 };
-    let mut keep = LrSchedule::new(spec(decay, OnGrowth::Keep));
+    let mut keep = LrSchedule::new(spec(decay, OnGrowth::Keep)).unwrap();
     assert_eq!(keep.on_growth(60, 0.0), "lr: keep");
     assert!(close(keep.lr(70, 0.0), 0.4));
 
-    let mut rewarm = LrSchedule::new(spec(decay, OnGrowth::Rewarm { steps: 20 }));
+    let mut rewarm = LrSchedule::new(spec(decay, OnGrowth::Rewarm { steps: 20 })).unwrap();
     assert!(rewarm.on_growth(60, 0.0).contains("re-warm over 20 steps"));
     assert!(close(rewarm.lr(60, 0.0), 0.0));
     assert!(
@@ -77,7 +77,7 @@ fn growth_actions_keep_rewarm_and_rewind_to_the_peak() {
     );
     assert!(close(rewarm.lr(80, 0.0), 0.3), "back on the schedule");
 
-    let mut rewind = LrSchedule::new(spec(decay, OnGrowth::RewindToPeak));
+    let mut rewind = LrSchedule::new(spec(decay, OnGrowth::RewindToPeak)).unwrap();
     assert!(rewind.on_growth(60, 0.0).contains("back to the peak"));
     assert!(close(rewind.lr(60, 0.0), 1.0));
     // Then linearly down to 0 over what is left: 50 steps.
@@ -129,7 +129,8 @@ fn the_controller_sets_the_rate_every_step_and_logs_the_action_with_the_growth()
         "inline",
     )
     .unwrap();
-    let mut ctl = GrowthController::new(policy, 1).with_lr_schedule(LrSchedule::new(sched));
+    let mut ctl =
+        GrowthController::new(policy, 1).with_lr_schedule(LrSchedule::new(sched).unwrap());
     let mut rates = Vec::new();
     for step in 1..=60 {
         let m = Metrics::of(&mlp)
@@ -162,4 +163,38 @@ fn the_controller_sets_the_rate_every_step_and_logs_the_action_with_the_growth()
         other.restore(&state).is_err(),
         "a controller without a schedule refuses it"
     );
+}
+
+#[test]
+fn a_schedule_that_cannot_give_rates_is_refused_when_built() {
+    let mut bad = spec(Decay::Cosine { floor: 0.0 }, OnGrowth::Keep);
+    bad.peak = -1.0;
+    let e = LrSchedule::new(bad).unwrap_err().to_string();
+    assert!(e.contains("peak"), "{e}");
+    let mut bad = spec(Decay::Cosine { floor: 0.0 }, OnGrowth::Keep);
+    bad.warmup = 110;
+    let e = LrSchedule::new(bad).unwrap_err().to_string();
+    assert!(e.contains("warm-up"), "{e}");
+    // A state edited by hand is checked the same way.
+    let mut ok = LrSchedule::new(spec(Decay::Constant, OnGrowth::Keep)).unwrap();
+    ok.on_growth(5, f64::NAN);
+    assert!(ok.validate().is_err());
+}
+
+#[test]
+fn a_rewarm_longer_than_any_run_ramps_without_overflow() {
+    let mut s =
+        LrSchedule::new(spec(Decay::Constant, OnGrowth::Rewarm { steps: u64::MAX })).unwrap();
+    s.on_growth(50, 0.0);
+    assert_eq!(s.lr(50, 0.0), 0.0);
+    assert!(s.lr(60, 0.0) > 0.0 && s.lr(60, 0.0) < 1e-15);
+}
+
+#[test]
+fn rewinding_after_the_budget_is_spent_stays_at_the_floor() {
+    let decay = Decay::Cosine { floor: 0.1 };
+    let mut s = LrSchedule::new(spec(decay, OnGrowth::RewindToPeak)).unwrap();
+    assert!(close(s.lr(200, 0.0), 0.1));
+    s.on_growth(150, 0.0);
+    assert!(close(s.lr(200, 0.0), 0.1), "{}", s.lr(200, 0.0));
 }

@@ -350,11 +350,10 @@ where
 impl<E: Real, D: Device<E>> LossProbe<Cnn<E, D>> for Probe<E, D> {
     /// The probe's loss, or NaN when the probe has no target or does not fit the model.
     fn loss(&self, model: &Cnn<E, D>) -> f64 {
-        let fits = model.check_input(&self.input).is_ok();
+        let (c, h, w) = model.input;
+        let fits = self.check(c * h * w, model.head.out_width()).is_ok();
         match &self.target {
-            Some((target, loss)) if fits && target.shape().1 == model.head.out_width() => {
-                loss.value(model.forward(self.input.clone()), target)
-            }
+            Some((target, loss)) if fits => loss.value(model.forward(self.input.clone()), target),
             _ => f64::NAN,
         }
     }

@@ -42,6 +42,7 @@ use dfdx::prelude::*;
 use rand::Rng;
 
 use crate::grow::expandable::fan_in_bound;
+use crate::nn::host_vec;
 use crate::nn::linear::{append_units, grouped_column_norms};
 use crate::params::l2_norm;
 use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
@@ -259,12 +260,12 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
 
     /// The weight as a host vector, in PyTorch's `(out, in, kh, kw)` order.
     pub fn weight_vec(&self) -> Vec<E> {
-        self.weight.as_vec()
+        host_vec(&self.weight)
     }
 
     /// The bias as a host vector.
     pub fn bias_vec(&self) -> Vec<E> {
-        self.bias.as_vec()
+        host_vec(&self.bias)
     }
 
     /// The output's `(height, width)` for an input of `(height, width)`, or `None` when the
@@ -376,8 +377,8 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
         if u >= out {
             return None;
         }
-        let w = self.weight.as_vec();
-        let b = self.bias.as_vec();
+        let w = host_vec(&self.weight);
+        let b = host_vec(&self.bias);
         Some((w[u * cols..(u + 1) * cols].to_vec(), b[u]))
     }
 
@@ -389,7 +390,7 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
         if c >= cols / area {
             return None;
         }
-        let w = self.weight.as_vec();
+        let w = host_vec(&self.weight);
         let mut v = Vec::with_capacity(out * area);
         for r in 0..out {
             v.extend_from_slice(&w[r * cols + c * area..r * cols + (c + 1) * area]);
@@ -529,7 +530,7 @@ impl<E: Real, D: Device<E>> Expandable<E> for Conv2d<E, D> {
     }
 
     fn output_norms(&self) -> Vec<f64> {
-        let w = self.weight.as_vec();
+        let w = host_vec(&self.weight);
         if self.unit_fan_in() == 0 {
             return vec![0.0; self.out_channels()];
         }
@@ -537,12 +538,12 @@ impl<E: Real, D: Device<E>> Expandable<E> for Conv2d<E, D> {
     }
 
     fn output_biases(&self) -> Vec<f64> {
-        let b = self.bias.as_vec();
+        let b = host_vec(&self.bias);
         b.iter().map(|b| b.to_f64().unwrap_or(f64::NAN)).collect()
     }
 
     fn input_norms(&self) -> Vec<f64> {
-        let w = self.weight.as_vec();
+        let w = host_vec(&self.weight);
         grouped_column_norms(
             &w,
             self.unit_fan_in(),

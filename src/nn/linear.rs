@@ -4,6 +4,7 @@ use dfdx::prelude::*;
 use rand::Rng;
 
 use crate::grow::expandable::fan_in_bound;
+use crate::nn::host_vec;
 use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
 use crate::{Expandable, GrowError, Real};
 
@@ -67,12 +68,12 @@ impl<E: Real, D: Device<E>> Linear<E, D> {
 
     /// The weight as a host vector, row-major.
     pub fn weight_vec(&self) -> Vec<E> {
-        self.weight.as_vec()
+        host_vec(&self.weight)
     }
 
     /// The bias as a host vector.
     pub fn bias_vec(&self) -> Vec<E> {
-        self.bias.as_vec()
+        host_vec(&self.bias)
     }
 
     /// The FLOPs of a forward pass of one example: the product and the bias.
@@ -100,8 +101,8 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
         if unit >= out {
             return None;
         }
-        let w = self.weight.as_vec();
-        let b = self.bias.as_vec();
+        let w = host_vec(&self.weight);
+        let b = host_vec(&self.bias);
         Some((w[unit * inp..(unit + 1) * inp].to_vec(), b[unit]))
     }
 
@@ -110,12 +111,12 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
         if unit >= inp {
             return None;
         }
-        let w = self.weight.as_vec();
+        let w = host_vec(&self.weight);
         Some((0..out).map(|r| w[r * inp + unit]).collect())
     }
 
     fn output_norms(&self) -> Vec<f64> {
-        let w = self.weight.as_vec();
+        let w = host_vec(&self.weight);
         if self.in_width() == 0 {
             return vec![0.0; self.out_width()];
         }
@@ -125,13 +126,13 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
     }
 
     fn output_biases(&self) -> Vec<f64> {
-        let b = self.bias.as_vec();
+        let b = host_vec(&self.bias);
         b.iter().map(|b| b.to_f64().unwrap_or(f64::NAN)).collect()
     }
 
     fn input_norms(&self) -> Vec<f64> {
         let inp = self.in_width();
-        grouped_column_norms(&self.weight.as_vec(), inp, 1, inp)
+        grouped_column_norms(&host_vec(&self.weight), inp, 1, inp)
     }
 
     fn replace_outputs(
@@ -142,7 +143,7 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
     ) -> Result<(), GrowError> {
         let (out, inp) = *self.weight.shape();
         check_units(units, out, fan_in.len(), inp, bias.len())?;
-        let (mut w, mut b) = (self.weight.as_vec(), self.bias.as_vec());
+        let (mut w, mut b) = (host_vec(&self.weight), host_vec(&self.bias));
         for (j, &u) in units.iter().enumerate() {
             w[u * inp..(u + 1) * inp].copy_from_slice(&fan_in[j * inp..(j + 1) * inp]);
             b[u] = bias[j];
@@ -156,7 +157,7 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
     fn replace_inputs(&mut self, units: &[usize], fan_out: &[E]) -> Result<(), GrowError> {
         let (out, inp) = *self.weight.shape();
         check_units(units, inp, fan_out.len(), out, units.len())?;
-        let mut w = self.weight.as_vec();
+        let mut w = host_vec(&self.weight);
         for (j, &u) in units.iter().enumerate() {
             for r in 0..out {
                 w[r * inp + u] = fan_out[j * out + r];
@@ -326,7 +327,7 @@ impl<E: Real, D: Device<E>> Linear<E, D> {
         if group == 0 || (unit + 1) * group > inp {
             return None;
         }
-        let w = self.weight.as_vec();
+        let w = host_vec(&self.weight);
         Some(
             (0..out)
                 .flat_map(|r| w[r * inp + unit * group..r * inp + (unit + 1) * group].to_vec())

@@ -51,6 +51,29 @@ pub struct Probe<E: Dtype, D: Device<E>> {
     pub target: Option<(Matrix<E, D>, Loss)>,
 }
 
+impl<E: Dtype, D: Device<E>> Probe<E, D> {
+    /// Checks that the probe fits a model that reads `input_width` features and gives
+    /// `outputs` values per example: a non-empty batch of that width, and a target (if any)
+    /// of the output's shape. Every model's probe checks through here, so a probe that does
+    /// not fit is NaN or an error everywhere, never a panic inside the loss.
+    pub fn check(&self, input_width: usize, outputs: usize) -> Result<(), GrowError> {
+        let (batch, width) = *self.input.shape();
+        if batch == 0 || width != input_width {
+            return Err(GrowError::BadInput {
+                expected: input_width,
+                found: (batch, width),
+            });
+        }
+        match &self.target {
+            Some((target, _)) if *target.shape() != (batch, outputs) => Err(GrowError::BadInput {
+                expected: outputs,
+                found: *target.shape(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl<E: Real, D: Device<E>> Mlp<E, D> {
     /// A network of widths `sizes` (input, hidden..., output), each layer initialised as
     /// [`Linear::new`].
@@ -286,20 +309,10 @@ impl<E: Real, D: Device<E>> Mlp<E, D> {
     /// Checks that `probe` fits the model: a non-empty batch of the input width, and a
     /// target of the output's shape.
     pub fn check_probe(&self, probe: &Probe<E, D>) -> Result<(), GrowError> {
-        self.check_input(&probe.input)?;
-        if let Some((target, _)) = &probe.target {
-            let expected = (
-                probe.input.shape().0,
-                self.layers[self.layers.len() - 1].out_width(),
-            );
-            if *target.shape() != expected {
-                return Err(GrowError::BadInput {
-                    expected: expected.1,
-                    found: *target.shape(),
-                });
-            }
-        }
-        Ok(())
+        probe.check(
+            self.layers[0].in_width(),
+            self.layers[self.layers.len() - 1].out_width(),
+        )
     }
 
     /// The L2 norm of the gradient of each hidden layer's producing weights and bias (the

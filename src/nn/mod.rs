@@ -19,3 +19,15 @@ pub use linear::Linear;
 pub use loss::Loss;
 pub use mlp::{Mlp, MlpSpec, Probe};
 pub use resmlp::{Block, ResMlp, ResMlpSpec};
+
+use dfdx::prelude::{HasShape, Shape, Storage, Tensor};
+
+/// A tensor's elements on the host, row-major. dfdx 0.13's `as_vec` indexes past the end of
+/// a tensor with no elements (a 0-wide layer of a user's model), so this answers that case
+/// itself.
+pub(crate) fn host_vec<S: Shape, E, D: Storage<E>, T>(t: &Tensor<S, E, D, T>) -> Vec<E> {
+    if t.shape().num_elements() == 0 {
+        return Vec::new();
+    }
+    t.as_vec()
+}

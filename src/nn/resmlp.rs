@@ -534,10 +534,6 @@ impl<E: Real, D: Device<E>> LossProbe<ResMlp<E, D>> for Probe<E, D> {
 }
 
 fn fits<E: Real, D: Device<E>>(model: &ResMlp<E, D>, p: &Probe<E, D>) -> bool {
-    let (batch, width) = *p.input.shape();
-    let target_ok = p
-        .target
-        .as_ref()
-        .is_none_or(|(t, _)| *t.shape() == (batch, model.head.out_width()));
-    batch > 0 && width == model.input.in_width() && target_ok
+    p.check(model.input.in_width(), model.head.out_width())
+        .is_ok()
 }

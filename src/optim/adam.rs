@@ -195,6 +195,7 @@ impl Kernel for AdamConfig {
         let t = i32::try_from(t).unwrap_or(i32::MAX);
         let cfg = AdamConfig {
             lr: ctx.lr,
+            eps: ctx.eps.unwrap_or(self.eps),
             ..*self
         };
         let [m, v] = state else {

@@ -251,7 +251,7 @@ where
             // A tensor whose elements all share one context goes to the kernel's in-place
             // route (no host copies); a tensor split by growth into blocks of different
             // contexts is updated block by block on host copies.
-            if let Some(ctx) = uniform_context(st, now, &lr_for) {
+            if let Some(ctx) = uniform_context(kernel, st, now, &lr_for) {
                 if let Some(r) =
                     kernel.update_in_place(&mut p, grads, &mut st.buffers, &ctx, &mut in_place)
                 {
@@ -341,13 +341,17 @@ where
     }
 }
 
-/// The one context every element of `st` shares at update `now`, if they do.
-fn uniform_context<E: Copy + Default>(
+/// A context for the whole of `st` at update `now`, if its blocks' updates are one update:
+/// blocks born at different steps still share it when the kernel's constants for them are
+/// equal (SGD ignores the step count; Adam under a global step count sees one), so a grown
+/// tensor keeps the in-place route whenever its kernel allows.
+fn uniform_context<K: Kernel, E: Real>(
+    kernel: &K,
     st: &TensorState<E>,
     now: u64,
     lr_for: &dyn Fn(u64, u64) -> f64,
 ) -> Option<StepContext> {
-    let mut ctx: Option<StepContext> = None;
+    let mut first: Option<(StepContext, [E; 8])> = None;
     let mut same = true;
     st.for_each_block(|born, eps, _| {
         let t = now - born;
@@ -357,12 +361,13 @@ fn uniform_context<E: Copy + Default>(
             lr: lr_for(born, t),
             eps,
         };
-        match ctx {
-            None => ctx = Some(c),
-            Some(first) => same &= first == c,
+        let k = kernel.constants::<E>(&c);
+        match &first {
+            None => first = Some((c, k)),
+            Some((_, k0)) => same &= *k0 == k,
         }
     });
-    ctx.filter(|_| same)
+    first.filter(|_| same).map(|(c, _)| c)
 }
 
 /// One tensor's update: every block of elements born together gets its constants once.
@@ -393,4 +398,48 @@ fn step_tensor<K: Kernel, E: Real>(
         }
     });
     st.buffers = bufs;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{AdamConfig, NewUnitSteps, SgdConfig};
+
+    /// A 4 x 3 tensor's state from step 0, grown to 6 x 3 at step 5 and to 6 x 4 at step 7.
+    fn grown(buffers: usize, eps: Option<f64>) -> TensorState<f32> {
+        let mut st = TensorState::new("w", (4, 3), buffers, 0);
+        st.resize((6, 3), 5, eps);
+        st.resize((6, 4), 7, eps);
+        st
+    }
+
+    #[test]
+    fn a_grown_tensor_keeps_the_in_place_route_when_its_kernel_ignores_the_birth_step() {
+        let lr = |_: u64, _: u64| 0.1;
+        let sgd = SgdConfig::default();
+        assert!(uniform_context(&sgd, &grown(1, None), 10, &lr).is_some());
+        let global = AdamConfig {
+            new_units: NewUnitSteps::Global,
+            new_unit_eps: 0.0,
+            ..Default::default()
+        };
+        assert!(uniform_context(&global, &grown(2, None), 10, &lr).is_some());
+        // Per-cohort step counts (and their own epsilon) make the blocks different updates.
+        let cohort = AdamConfig::default();
+        assert!(uniform_context(&cohort, &grown(2, None), 10, &lr).is_none());
+        assert!(uniform_context(&global, &grown(2, Some(0.5)), 10, &lr).is_none());
+        // A learning rate that differs by cohort (a new-unit multiplier) does too.
+        let by_birth = |born: u64, _: u64| if born == 0 { 0.1 } else { 0.01 };
+        assert!(uniform_context(&sgd, &grown(1, None), 10, &by_birth).is_none());
+    }
+
+    #[test]
+    fn a_tensor_grown_from_nothing_has_one_cohort_and_is_uniform() {
+        let mut st = TensorState::<f32>::new("w", (0, 3), 2, 0);
+        st.resize((4, 3), 5, Some(0.5));
+        assert_eq!(st.rows.len(), 1);
+        assert!(st.validate(2, 9).is_ok());
+        let ctx = uniform_context(&AdamConfig::default(), &st, 9, &|_, _| 0.1).unwrap();
+        assert_eq!((ctx.t, ctx.eps), (4, Some(0.5)));
+    }
 }

@@ -93,7 +93,12 @@ impl<E: Copy + Default> TensorState<E> {
                 }
             }
         }
+        // A tensor that had no rows (or columns) keeps no empty run before its first cohort,
+        // so its cohorts stay in increasing order and it saves and loads like any other.
         if r1 > r0 {
+            if r0 == 0 {
+                self.rows.clear();
+            }
             self.rows.push(Cohort {
                 start: r0,
                 born,
@@ -101,6 +106,9 @@ impl<E: Copy + Default> TensorState<E> {
             });
         }
         if c1 > c0 {
+            if c0 == 0 {
+                self.cols.clear();
+            }
             self.cols.push(Cohort {
                 start: c0,
                 born,

@@ -157,17 +157,34 @@ impl<'m, E: Real, D: Device<E>, M: Growable<E, D>> MetricsBuilder<'m, E, D, M> {
         self
     }
 
-    /// The metrics, or the error of reading the gradients.
+    /// The metrics, or the error of reading the gradients. A site that names no parameter
+    /// has no gradient norm (`None`, which gradient-norm policies refuse) rather than a norm
+    /// of zero; a site naming a tensor the model's walk lacks is an error naming both.
     pub fn build(self) -> Result<Metrics, GrowError> {
         let mut m = self.metrics;
         if let Some(norms) = self.grads? {
             for (sm, site) in m.sites.iter_mut().zip(&self.sites) {
-                let sum: f64 = norms
+                if let Some(p) = site
+                    .params
                     .iter()
-                    .filter(|(n, _)| site.params.contains(n))
-                    .map(|(_, g)| g * g)
-                    .sum();
-                sm.grad_norm = Some(sum.sqrt());
+                    .find(|p| !norms.iter().any(|(n, _)| n == *p))
+                {
+                    let mut params = Vec::new();
+                    self.model.visit(&mut |n, _| params.push(n.to_string()));
+                    return Err(GrowError::UnknownParam {
+                        site: site.name.clone(),
+                        param: p.clone(),
+                        params,
+                    });
+                }
+                sm.grad_norm = (!site.params.is_empty()).then(|| {
+                    norms
+                        .iter()
+                        .filter(|(n, _)| site.params.contains(n))
+                        .map(|(_, g)| g * g)
+                        .sum::<f64>()
+                        .sqrt()
+                });
             }
         }
         Ok(m)

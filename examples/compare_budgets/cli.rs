@@ -10,7 +10,7 @@ use clap::{Parser, ValueEnum};
 /// per policy file (and per learning-rate option), and writes summary.json, one audit log per
 /// grown run and a plot of validation loss against training FLOPs.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "compare_budgets", version, about, long_about = None)]
+#[command(name = "compare_budgets", version)]
 pub struct Args {
     /// The data: the embedded UCI digits, Fashion-MNIST (IDX files, see --data-dir), or a
     /// fixed random teacher network labelling fresh inputs at every step (compute-bound).
@@ -88,7 +88,8 @@ pub struct Args {
 
     /// What a growth does to the learning rate, one grown run per entry: keep, rewarm:STEPS
     /// (ramp from 0 back up), rewind (back to the peak, then decay over what is left). Default:
-    /// the schedule file's own, or keep; keep,rewarm:200,rewind for teacher-student.
+    /// the schedule file's own, or keep; keep,rewind for teacher-student (rewarm:200 had the
+    /// worst mean final loss of the three at every budget, for both policies, over 3 seeds).
     #[arg(long, value_delimiter = ',')]
     pub on_growth: Vec<String>,
 

@@ -611,11 +611,7 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
             .map(|s| parse_on_growth(s))
             .collect::<Result<_, _>>()?
     } else if a.dataset == DatasetArg::TeacherStudent && a.lr_schedule.is_none() {
-        vec![
-            OnGrowth::Keep,
-            OnGrowth::Rewarm { steps: 200 },
-            OnGrowth::RewindToPeak,
-        ]
+        vec![OnGrowth::Keep, OnGrowth::RewindToPeak]
     } else {
         vec![base_lr.on_growth]
     };

@@ -47,6 +47,15 @@ pub enum CheckpointError {
     /// changed.
     #[error("checkpoint does not fit the model: {0}")]
     Mismatch(String),
+    /// The checkpoint was not written because it would not load back (its parts do not fit
+    /// together); the file at `path` is as it was.
+    #[error("{path}: not saved, the checkpoint would not load back: {reason}")]
+    NotSaved {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// The current format version.
@@ -139,7 +148,10 @@ impl Checkpoint {
     }
 
     /// Writes the checkpoint to `path` atomically (a unique temporary file in the same
-    /// directory, synced, then renamed over the target).
+    /// directory, synced, then renamed over the target). The bytes are first read back as
+    /// [`Checkpoint::load`] would: a checkpoint that would not load (a tensor named twice,
+    /// optimizer state of another model) is refused with [`CheckpointError::NotSaved`] and
+    /// the file at `path` is left as it was.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), CheckpointError> {
         let path = path.as_ref();
         let io = |reason: String| CheckpointError::Io {
@@ -156,6 +168,11 @@ impl Checkpoint {
         let mut bytes = serde_json::to_vec(&header).map_err(|e| io(e.to_string()))?;
         bytes.push(b'\n');
         bytes.extend_from_slice(&payload);
+        // Never replace a good file with one that cannot be read back.
+        Self::from_bytes(&bytes).map_err(|reason| CheckpointError::NotSaved {
+            path: path.display().to_string(),
+            reason,
+        })?;
         write_atomic(path, &bytes).map_err(|e| io(e.to_string()))
     }
 
@@ -206,6 +223,13 @@ impl Checkpoint {
         let c: Checkpoint = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
         c.check()?;
         Ok(c)
+    }
+
+    /// The number of parameter values saved.
+    fn saved_values(&self) -> usize {
+        self.tensors
+            .iter()
+            .fold(0usize, |n, t| n.saturating_add(t.values.len()))
     }
 
     /// Checks that the parts fit together.
@@ -284,7 +308,7 @@ impl Checkpoint {
                 .iter()
                 .rev()
                 .find(|b| now.contains(b))
-                .map_or(crate::site::FIRST_BLOCK, String::as_str);
+                .map_or(crate::grow::site::FIRST_BLOCK, String::as_str);
             let made = model.deepen(after, 1, &mut rng).map_err(grow)?;
             if made != *block {
                 return Err(mismatch(format!(
@@ -292,12 +316,29 @@ impl Checkpoint {
                 )));
             }
         }
+        // Every site is checked, and the growth's size bounded by the saved tensors, before
+        // any site grows: a checkpoint that lies about its widths is refused without
+        // allocating what it claims.
+        // Growth only adds: every tensor the model has must be saved, no larger than saved.
+        for (name, d) in model.param_dims() {
+            let reason = match self.tensors.iter().find(|t| t.name == name) {
+                None => format!("the model's {name:?} of {d:?} is not in the checkpoint"),
+                Some(t) if d.0 > t.dims.0 || d.1 > t.dims.1 => format!(
+                    "the model has {name:?} of {d:?}, larger than the checkpoint's {:?}",
+                    t.dims
+                ),
+                Some(_) => continue,
+            };
+            return Err(mismatch(format!("the first differing tensor: {reason}")));
+        }
         let sites = model.sites();
+        let mut need = Some(model.num_params());
+        let mut grown = Vec::new();
         for (name, width) in &self.sites {
             let site = sites.iter().find(|s| s.name == *name).ok_or_else(|| {
                 mismatch(format!(
                     "the checkpoint has site {name:?}; the model's sites are {:?}",
-                    crate::site::site_names(&sites)
+                    crate::grow::site::site_names(&sites)
                 ))
             })?;
             if site.width > *width {
@@ -307,8 +348,31 @@ impl Checkpoint {
                 )));
             }
             if site.width < *width {
-                grow_site(model, name, width - site.width, &Init::ZerosBoth, &mut rng)
-                    .map_err(grow)?;
+                grown.push(format!("{name} {} -> {width}", site.width));
+            }
+            // A lower bound: a unit's fan-out only grows as the other sites grow.
+            need = need.and_then(|n| n.checked_add(site.params_for(width - site.width)));
+        }
+        let have = self.saved_values();
+        match need {
+            Some(n) if n <= have => {}
+            _ => {
+                return Err(mismatch(format!(
+                    "the checkpoint's site widths ({}) need at least {} parameters, its \
+                     tensors hold {have}",
+                    grown.join(", "),
+                    need.map_or("more than usize::MAX".into(), |n| n.to_string())
+                )))
+            }
+        }
+        for (name, width) in &self.sites {
+            let now = model
+                .sites()
+                .iter()
+                .find(|s| s.name == *name)
+                .map_or(*width, |s| s.width);
+            if now < *width {
+                grow_site(model, name, width - now, &Init::ZerosBoth, &mut rng).map_err(grow)?;
             }
         }
         let dims = model.param_dims();
@@ -333,6 +397,15 @@ impl Checkpoint {
                     t.name, t.dims
                 )));
             }
+        }
+        // The model's own description (an Mlp's activation and width cap) must match too: a
+        // resumed run with another cap would grow where the saved one was refused.
+        let described = model.describe();
+        if !self.model.is_null() && !described.is_null() && described != self.model {
+            return Err(mismatch(format!(
+                "the model is described as {described}, the checkpoint as {}",
+                self.model
+            )));
         }
         let cast = |x: &f64| E::from_f64(*x).unwrap_or_else(E::nan);
         let mut i = 0;
@@ -361,8 +434,20 @@ impl Checkpoint {
 
     /// Builds the saved [`Mlp`] on `dev` (its widths, activation, width cap and weights).
     pub fn to_mlp<E: Real, D: Device<E>>(&self, dev: &D) -> Result<Mlp<E, D>, CheckpointError> {
-        let spec: crate::mlp::MlpSpec = serde_json::from_value(self.model.clone())
+        let spec: crate::nn::mlp::MlpSpec = serde_json::from_value(self.model.clone())
             .map_err(|e| CheckpointError::Mismatch(format!("not an Mlp checkpoint: {e}")))?;
+        // The description must account for exactly the saved values before anything of its
+        // size is allocated.
+        let described = spec.widths.windows(2).try_fold(0usize, |n, w| {
+            w[0].checked_mul(w[1])?.checked_add(w[1])?.checked_add(n)
+        });
+        if described != Some(self.saved_values()) {
+            return Err(CheckpointError::Mismatch(format!(
+                "the Mlp described (widths {:?}) does not have the {} parameters saved",
+                spec.widths,
+                self.saved_values()
+            )));
+        }
         let mut mlp = spec
             .build(dev)
             .map_err(|e| CheckpointError::Mismatch(e.to_string()))?;

@@ -44,6 +44,8 @@ fn event(step: u64) -> GrowthEvent {
         loss_after: Some(0.5),
         flops: step as f64 * 1e6,
         lr: None,
+        informed: None,
+        init_flops: None,
     }
 }
 

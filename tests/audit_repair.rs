@@ -44,6 +44,8 @@ fn record(step: u64, n_evidence: usize) -> AuditRecord {
         loss_after: Some(0.5),
         flops: step as f64 * 1e6,
         lr: None,
+        informed: None,
+        init_flops: None,
     })
 }
 

@@ -1,7 +1,7 @@
 //! SIGKILL at random points, over and over: the audit log always reads back after the repair
-//! `AuditLog::open` makes, with every acknowledged record in it; an atomically saved file is
-//! always the complete old or the complete new content, never older than the last
-//! acknowledged save.
+//! `AuditLog::open` makes, with every acknowledged record in it; a checkpoint saved with
+//! `Checkpoint::save` always loads, as the whole old or the whole new checkpoint, never older
+//! than the last acknowledged save.
 //!
 //! The writers are this test binary run again with an environment variable that turns one
 //! `child_role_*` test into a writer loop; the parent kills it a random time after it is ready.
@@ -15,9 +15,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dfdx_grow::audit::{AuditLog, AuditRecord, GrowthEvent};
-use dfdx_grow::fsio::write_atomic;
+use dfdx_grow::checkpoint::Checkpoint;
+use dfdx_grow::dfdx::prelude::Cpu;
 use dfdx_grow::init::Init;
 use dfdx_grow::rand::{rngs::StdRng, Rng, SeedableRng};
+use dfdx_grow::{Activation, Mlp, Params};
 
 const AUDIT_ENV: &str = "DFDX_GROW_KILL_AUDIT_LOG";
 const SAVE_ENV: &str = "DFDX_GROW_KILL_SAVE_TARGET";
@@ -61,34 +63,40 @@ fn record(step: u64) -> AuditRecord {
         loss_after: None,
         flops: step as f64 * 1e6,
         lr: None,
+        informed: None,
+        init_flops: None,
     })
 }
 
-/// The content of save number `gen`: a header giving the number and the length, then bytes
-/// derived from both, 1 KB to 600 KB in all.
-fn content(gen: u64) -> Vec<u8> {
-    let len = 1000 + (gen * 104_729 % 600_000) as usize;
-    let mut v = format!("gen {gen} len {len}\n").into_bytes();
-    let mut x = gen.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.push(x as u8);
-    }
-    v
+/// The model of save number `gen`: a 16-h-4 MLP, h from 8 to 807 (checkpoints of about 3 KB
+/// to 280 KB), weights drawn from a seed of `gen`, and `gen` itself as the first bias.
+fn model_of(gen: u64) -> Mlp<f64, Cpu> {
+    let hidden = 8 + (gen * 7919 % 800) as usize;
+    let mut mlp = Mlp::<f64, Cpu>::new(
+        &[16, hidden, 4],
+        Activation::Relu,
+        &Cpu::default(),
+        &mut StdRng::seed_from_u64(gen),
+    );
+    mlp.visit_mut(&mut |name, mut p| {
+        if name == "layers.0.bias" {
+            let mut v = vec![0.0; p.as_ref().len()];
+            p.as_ref().copy_into(&mut v);
+            v[0] = gen as f64;
+            p.copy_from(&v);
+        }
+    });
+    mlp
 }
 
-/// The save number in a file's header, if it has one.
-fn gen_of(bytes: &[u8]) -> Option<u64> {
-    let line = bytes.split(|&b| b == b'\n').next()?;
-    std::str::from_utf8(line)
-        .ok()?
-        .strip_prefix("gen ")?
-        .split(' ')
-        .next()?
-        .parse()
-        .ok()
+/// The save number a checkpoint holds.
+fn gen_of(c: &Checkpoint) -> u64 {
+    let bias = c
+        .tensors
+        .iter()
+        .find(|t| t.name == "layers.0.bias")
+        .expect("the first bias");
+    bias.values[0] as u64
 }
 
 fn start_from_env() -> u64 {
@@ -116,16 +124,25 @@ fn child_role_audit_writer_only_runs_when_asked() {
     }
 }
 
-/// With `SAVE_ENV` set: save `content(gen)` atomically for gen = start, start + 1, ...,
-/// printing `ACK gen` after each save returns.
+/// With `SAVE_ENV` set: save the checkpoint of `model_of(gen)` for gen = start, start + 1,
+/// ..., printing `ACK gen` after each save returns.
 #[test]
-fn child_role_atomic_saver_only_runs_when_asked() {
+fn child_role_checkpoint_saver_only_runs_when_asked() {
     let Ok(path) = std::env::var(SAVE_ENV) else {
         return;
     };
+    // The models are made before the first save, so the kills land in saves.
+    let start = start_from_env();
+    let models: Vec<Checkpoint> = (start..start + 64)
+        .map(|g| Checkpoint::of(&model_of(g)))
+        .collect();
     println!("READY");
-    for gen in start_from_env().. {
-        write_atomic(&path, &content(gen)).expect("child saves");
+    for gen in start.. {
+        let ckpt = match models.get((gen - start) as usize) {
+            Some(c) => c.clone(),
+            None => Checkpoint::of(&model_of(gen)),
+        };
+        ckpt.save(&path).expect("child saves");
         println!("ACK {gen}");
     }
 }
@@ -230,7 +247,7 @@ fn audit_log_reads_back_with_every_acknowledged_record_after_100_random_kills() 
 }
 
 #[test]
-fn atomic_saves_are_whole_old_or_whole_new_after_100_random_kills() {
+fn checkpoint_saves_load_as_the_whole_old_or_new_checkpoint_after_100_random_kills() {
     let dir = scratch("save");
     let target = dir.join("model.ckpt");
     let mut rng = StdRng::seed_from_u64(0x5eed_5a7e);
@@ -239,25 +256,23 @@ fn atomic_saves_are_whole_old_or_whole_new_after_100_random_kills() {
     for _ in 0..KILLS {
         let acked = kill_at_random(
             spawn(
-                "child_role_atomic_saver_only_runs_when_asked",
+                "child_role_checkpoint_saver_only_runs_when_asked",
                 SAVE_ENV,
                 &target,
                 next,
             ),
             &mut rng,
         );
-        let found = match std::fs::read(&target) {
-            Ok(bytes) => {
-                let gen = gen_of(&bytes).expect("the file starts with its header");
-                assert!(
-                    bytes == content(gen),
-                    "save {gen} is not whole ({} bytes)",
-                    bytes.len()
-                );
-                Some(gen)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => panic!("read {}: {e}", target.display()),
+        let found = if target.exists() {
+            let c = Checkpoint::load(&target).expect("the checkpoint loads after the kill");
+            let gen = gen_of(&c);
+            assert!(
+                c == Checkpoint::of(&model_of(gen)),
+                "the checkpoint of save {gen} is not that save's model"
+            );
+            Some(gen)
+        } else {
+            None
         };
         // Never older than the last save that returned, never newer than the one after it.
         if let Some(a) = acked {
@@ -291,7 +306,8 @@ fn atomic_saves_are_whole_old_or_whole_new_after_100_random_kills() {
             .max(acked.map_or(0, |a| a + 1));
     }
     eprintln!(
-        "{KILLS} kills in {:.1} s: {next} saves, {leftovers} temporary files left by kills",
+        "{KILLS} kills in {:.1} s: {next} checkpoints saved, {leftovers} temporary files left by \
+         kills",
         start.elapsed().as_secs_f64()
     );
     let _ = std::fs::remove_dir_all(&dir);

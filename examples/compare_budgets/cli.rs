@@ -33,8 +33,8 @@ pub struct Args {
     #[arg(long)]
     pub sizing: bool,
 
-    /// The static widths of --sizing.
-    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512,1024")]
+    /// The static widths of --sizing (only with --sizing). Default: 64,128,256,512,1024.
+    #[arg(long, value_delimiter = ',')]
     pub grid: Vec<usize>,
 
     /// A policy file for a grown run; repeat for several. Default: every .ron file of the
@@ -148,9 +148,10 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
 
-    /// The teacher network's seed (the task is the same for every --seed).
-    #[arg(long, default_value_t = 0)]
-    pub teacher_seed: u64,
+    /// The teacher network's seed (the task is the same for every --seed). Only for
+    /// --dataset teacher-student. Default: 0.
+    #[arg(long)]
+    pub teacher_seed: Option<u64>,
 
     /// No progress bars (one line per finished run instead).
     #[arg(long)]
@@ -238,6 +239,6 @@ mod tests {
             assert!(help.contains(flag), "{flag} missing from --help");
         }
         assert!(help.contains("[default: digits]"), "{help}");
-        assert!(help.contains("[default: 64,128,256,512,1024]"), "{help}");
+        assert!(help.contains("Default: 64,128,256,512,1024"), "{help}");
     }
 }

@@ -2,14 +2,14 @@
 //! comparison, with every file read and every policy checked against the model it will grow,
 //! before any training starts.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::lr::{Budget, Decay, LrScheduleSpec, OnGrowth};
 use dfdx_grow::optim::{NewUnitLr, NewUnitSteps};
-use dfdx_grow::policy::{load_spec, At, Grow, Metrics, PolicySpec, Target};
+use dfdx_grow::policy::{load_spec, At, Metrics, PolicySpec};
 use dfdx_grow::rand::{rngs::StdRng, SeedableRng};
 use dfdx_grow::{Growable, PerturbScope, ShrinkPerturb};
 use dfdx_grow_data::teacher_student::{Teacher, TeacherSpec};
@@ -22,6 +22,20 @@ use crate::train::{step_flops, Common, GrownSpec, RunSpec};
 
 /// Examples in the teacher-student task's validation set.
 pub const TEACHER_VAL: usize = 8192;
+
+/// The static widths of `--sizing` unless `--grid` says otherwise.
+pub const DEFAULT_GRID: [usize; 5] = [64, 128, 256, 512, 1024];
+/// The most seeds one invocation trains (each trains every run).
+const MAX_SEEDS: u64 = 1000;
+/// The most steps one run may be asked for (a run with a FLOP budget may take 3x).
+const MAX_STEPS: usize = 1 << 40;
+/// The widest hidden layer an MLP or ResMLP may be built with (a 784-input layer of this
+/// width holds 51 M weights).
+const MAX_WIDTH: usize = 1 << 16;
+/// The most channels a CNN's first convolution may have (the second has twice as many).
+const MAX_CNN_WIDTH: usize = 1 << 10;
+/// The largest probe batch (the controller's checks and the informed inits' statistics).
+const MAX_PROBE: usize = 1 << 16;
 
 /// The experiment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -170,6 +184,8 @@ pub fn stems(files: &[PathBuf]) -> Vec<String> {
         let mut v: Vec<String> = p
             .with_extension("")
             .components()
+            // A root, a drive or `.` names no directory: they would put a `/` in a file name.
+            .filter(|c| matches!(c, Component::Normal(_) | Component::ParentDir))
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect();
         v.reverse();
@@ -194,13 +210,19 @@ pub fn stems(files: &[PathBuf]) -> Vec<String> {
             .unwrap_or(1);
         out.push(name(i, depth));
     }
-    // The same file twice, or paths that cannot be told apart: number the repeats.
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    // The same file twice, or names that still meet (a stem chosen at one depth can be another
+    // file's at another depth): number the repeats, skipping every name already taken.
+    let mut taken: BTreeSet<String> = out.iter().cloned().collect();
+    let mut kept: BTreeSet<String> = BTreeSet::new();
     for s in &mut out {
-        let n = seen.entry(s.clone()).or_insert(0);
-        *n += 1;
-        if *n > 1 {
-            *s = format!("{s}-{n}");
+        if !kept.insert(s.clone()) {
+            let fresh = (2..)
+                .map(|n| format!("{s}-{n}"))
+                .find(|c| !taken.contains(c))
+                .unwrap_or_default();
+            taken.insert(fresh.clone());
+            kept.insert(fresh.clone());
+            *s = fresh;
         }
     }
     out
@@ -243,78 +265,12 @@ pub fn scale_policy(spec: &mut PolicySpec, m: f64) {
     }
 }
 
-/// The site names a policy spec writes out (`Site("..")` targets, gradient rules' `site`),
-/// with their field paths, and whether it can grow in depth (which makes new sites).
-fn named_sites(spec: &PolicySpec, path: &str, out: &mut Vec<(String, String)>) -> bool {
-    let target = |t: &Option<Target>, p: String, out: &mut Vec<(String, String)>| {
-        if let Some(Target::Site(name)) = t {
-            out.push((p, name.clone()));
-        }
-    };
-    match spec {
-        PolicySpec::Schedule(sch) => {
-            let mut depth = false;
-            for (i, e) in sch.events.iter().enumerate() {
-                target(&e.target, format!("{path}Schedule.events[{i}].target"), out);
-                depth |= matches!(e.grow, Grow::Depth { .. });
-            }
-            depth
-        }
-        PolicySpec::Plateau(p) => {
-            target(
-                &Some(p.target.clone()),
-                format!("{path}Plateau.target"),
-                out,
-            );
-            false
-        }
-        PolicySpec::Efficiency(p) => {
-            target(
-                &Some(p.target.clone()),
-                format!("{path}Efficiency.target"),
-                out,
-            );
-            false
-        }
-        PolicySpec::GradNorm(g) => {
-            for (i, r) in g.rules.iter().enumerate() {
-                if let Some(s) = &r.site {
-                    out.push((format!("{path}GradNorm.rules[{i}].site"), s.clone()));
-                }
-            }
-            false
-        }
-        PolicySpec::AnyOf(v) | PolicySpec::AllOf(v) => {
-            v.iter().enumerate().fold(false, |d, (i, p)| {
-                named_sites(p, &format!("{path}[{i}]."), out) | d
-            })
-        }
-        PolicySpec::Sequence(stages) => stages.iter().enumerate().fold(false, |d, (i, st)| {
-            named_sites(&st.policy, &format!("{path}Sequence[{i}]."), out) | d
-        }),
-        PolicySpec::Limits { policy, .. } => named_sites(policy, &format!("{path}Limits."), out),
-        #[allow(unreachable_patterns)]
-        _ => false,
+/// Refuses a list that names the same value twice: two runs would share a name and a log.
+fn distinct<T: PartialEq + std::fmt::Display>(flag: &str, v: &[T]) -> Result<(), String> {
+    match v.iter().enumerate().find(|(i, x)| v[..*i].contains(x)) {
+        Some((_, x)) => Err(format!("{flag}: {x} is given twice")),
+        None => Ok(()),
     }
-}
-
-/// Refuses a policy that names a site the model does not have. The library leaves this to the
-/// first observation that names the site (a depth growth can add sites later); here no model
-/// of a policy without depth growth gains sites, so it is checked before training.
-fn check_named_sites(spec: &PolicySpec, m: &Metrics, origin: &str) -> Result<(), String> {
-    let mut named = Vec::new();
-    if named_sites(spec, "", &mut named) {
-        return Ok(());
-    }
-    for (path, name) in named {
-        if m.site(&name).is_none() {
-            return Err(format!(
-                "{origin}: {path}: names site {name:?}, which the model does not have; its sites are {:?}",
-                m.site_names()
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Parses `keep`, `rewarm:STEPS`, `rewind`.
@@ -357,9 +313,10 @@ fn prepare_out(out: &Path) -> Result<(), String> {
         ));
     }
     std::fs::create_dir_all(out).map_err(|e| format!("--out {}: {e}", out.display()))?;
+    // Written as the report will be (atomically), so a directory that refuses it fails here.
     let probe = out.join(format!(".write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"")
-        .map_err(|e| format!("--out {}: not writable: {e}", out.display()))?;
+    dfdx_grow::fsio::write_atomic(&probe, b"")
+        .map_err(|e| format!("--out {}: cannot write there: {e}", out.display()))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
 }
@@ -433,13 +390,14 @@ fn tasks(a: &Args, seeds: &[u64]) -> Result<Vec<Arc<Task>>, String> {
             Ok(seeds.iter().map(|_| t.clone()).collect())
         }
         DatasetArg::TeacherStudent => {
+            let teacher_seed = a.teacher_seed.unwrap_or(0);
             let teacher =
-                Teacher::new(TeacherSpec::default(), a.teacher_seed).map_err(|e| e.to_string())?;
+                Teacher::new(TeacherSpec::default(), teacher_seed).map_err(|e| e.to_string())?;
             let val = teacher
-                .soft_set(TEACHER_VAL, a.teacher_seed ^ 0x7a1)
+                .soft_set(TEACHER_VAL, teacher_seed ^ 0x7a1)
                 .map_err(|e| e.to_string())?;
             let probe = teacher
-                .soft_set(a.probe_size, a.teacher_seed ^ 0x9b0be)
+                .soft_set(a.probe_size, teacher_seed ^ 0x9b0be)
                 .map_err(|e| e.to_string())?;
             let floor = val.loss_floor();
             let t = Arc::new(Task::Teacher {
@@ -468,12 +426,32 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
         a.model.name(),
         a.dataset.name()
     ))?;
+    if a.teacher_seed.is_some() && a.dataset != DatasetArg::TeacherStudent {
+        return Err(format!(
+            "--teacher-seed is only for --dataset teacher-student (not {})",
+            a.dataset.name()
+        ));
+    }
     let steps = a.steps.unwrap_or(d.steps);
     if steps == 0 {
         return Err("--steps 0: a run needs at least one step".into());
     }
     if a.seeds == 0 {
         return Err("--seeds 0: at least one seed".into());
+    }
+    if a.seeds > MAX_SEEDS {
+        return Err(format!(
+            "--seeds {}: at most {MAX_SEEDS} (every seed trains every run)",
+            a.seeds
+        ));
+    }
+    if a.seed.checked_add(a.seeds - 1).is_none() {
+        return Err(format!(
+            "--seed {} --seeds {}: the last seed would be past {}",
+            a.seed,
+            a.seeds,
+            u64::MAX
+        ));
     }
     if a.jobs == 0 {
         return Err("--jobs 0: at least one".into());
@@ -497,22 +475,45 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
                 "--budgets: {b} is not a multiplier > 0 that leaves at least one of {steps} steps"
             ));
         }
+        // A run with a FLOP budget may take three times its steps: keep that countable.
+        if steps as f64 * b > MAX_STEPS as f64 {
+            return Err(format!(
+                "--steps {steps} at budget {b}x: more than {MAX_STEPS} steps in one run"
+            ));
+        }
     }
+    distinct("--budgets", &budgets)?;
     let mode = if a.sizing {
         Mode::Sizing
     } else {
         Mode::Compare
     };
-    if mode == Mode::Sizing && (a.grid.is_empty() || a.grid.contains(&0)) {
-        return Err("--grid: at least one width, every width >= 1".into());
+    let max_width = match a.model {
+        ModelArg::Mlp | ModelArg::Resmlp => MAX_WIDTH,
+        ModelArg::Cnn => MAX_CNN_WIDTH,
+    };
+    let grid: Vec<usize> = match mode {
+        Mode::Compare if !a.grid.is_empty() => {
+            return Err("--grid is only for --sizing (the static widths it compares)".into())
+        }
+        Mode::Compare => Vec::new(),
+        Mode::Sizing if a.grid.is_empty() => DEFAULT_GRID.to_vec(),
+        Mode::Sizing => a.grid.clone(),
+    };
+    if let Some(&w) = grid.iter().find(|&&w| w == 0 || w > max_width) {
+        return Err(format!(
+            "--grid: width {w}: every width must be in 1..={max_width} for --model {}",
+            a.model.name()
+        ));
     }
+    distinct("--grid", &grid)?;
     let cap = match mode {
         Mode::Compare => large,
-        Mode::Sizing => a.grid.iter().copied().max().unwrap_or(large),
+        Mode::Sizing => grid.iter().copied().max().unwrap_or(large),
     };
     let start_width = match mode {
         Mode::Compare => small,
-        Mode::Sizing => a.grid.iter().copied().min().unwrap_or(small),
+        Mode::Sizing => grid.iter().copied().min().unwrap_or(small),
     };
     let new_unit_lr = a
         .new_unit_lr
@@ -554,8 +555,11 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
             a.loss_tolerance
         ));
     }
-    if a.probe_size == 0 {
-        return Err("--probe-size 0: the probe needs at least one example".into());
+    if a.probe_size == 0 || a.probe_size > MAX_PROBE {
+        return Err(format!(
+            "--probe-size {}: the probe batch needs 1..={MAX_PROBE} examples",
+            a.probe_size
+        ));
     }
     // The optimizer settings, checked once.
     {
@@ -565,7 +569,7 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
             new_unit_eps: common.new_unit_eps,
             ..Default::default()
         })
-        .map_err(|e| format!("Adam: {e}"))?;
+        .map_err(|e| format!("Adam (--lr, --new-unit-eps): {e}"))?;
         if let Some(l) = new_unit_lr {
             opt = opt
                 .with_new_unit_lr(l)
@@ -575,13 +579,23 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
     }
 
     // The learning-rate schedule (its budget is set per run) and the growth actions.
-    let warmup = a.warmup.unwrap_or((steps as u64).div_ceil(50));
     let default_sched = if a.dataset == DatasetArg::Digits {
         "constant"
     } else {
         "cosine"
     };
     let sched_arg = a.lr_schedule.clone().unwrap_or(default_sched.into());
+    if a.warmup.is_some() && sched_arg != "cosine" {
+        return Err(format!(
+            "--warmup is only for --lr-schedule cosine (the schedule here is {sched_arg})"
+        ));
+    }
+    let warmup = a.warmup.unwrap_or((steps as u64).div_ceil(50));
+    if warmup >= steps as u64 {
+        return Err(format!(
+            "--warmup {warmup}: the warm-up must end before the run's {steps} steps do"
+        ));
+    }
     let base_lr = match sched_arg.as_str() {
         "constant" => LrScheduleSpec {
             peak: a.lr,
@@ -605,6 +619,7 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
             LrScheduleSpec::from_ron(&text, file).map_err(|e| e.to_string())?
         }
     };
+    base_lr.validate("--lr").map_err(|e| e.to_string())?;
     let on_growth: Vec<OnGrowth> = if !a.on_growth.is_empty() {
         a.on_growth
             .iter()
@@ -615,6 +630,13 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
     } else {
         vec![base_lr.on_growth]
     };
+    distinct(
+        "--on-growth",
+        &on_growth
+            .iter()
+            .map(|&o| on_growth_suffix(o))
+            .collect::<Vec<_>>(),
+    )?;
     let lr_description = format!(
         "{} (peak {}, warm-up {} steps, decay {:?})",
         sched_arg, base_lr.peak, base_lr.warmup, base_lr.decay
@@ -639,7 +661,6 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
                 .validate_for(&metrics)
                 .map_err(|e| e.from_origin(&origin).to_string())?;
         }
-        check_named_sites(&spec, &metrics, &origin)?;
         specs.push((f.clone(), stem.clone(), spec));
     }
 
@@ -664,11 +685,16 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
         s
     };
     // The warm-up is written for the 1x budget and scales with it, as schedule events do.
-    let lr_for = |budget: Budget, on: OnGrowth, b: f64| LrScheduleSpec {
-        budget,
-        on_growth: on,
-        warmup: (base_lr.warmup as f64 * b).round() as u64,
-        ..base_lr.clone()
+    // Each run's schedule is checked too: its budget is the run's own.
+    let lr_for = |budget: Budget, on: OnGrowth, b: f64| -> Result<LrScheduleSpec, String> {
+        let spec = LrScheduleSpec {
+            budget,
+            on_growth: on,
+            warmup: (base_lr.warmup as f64 * b).round() as u64,
+            ..base_lr.clone()
+        };
+        spec.validate(&lr_description).map_err(|e| e.to_string())?;
+        Ok(spec)
     };
     let mut groups = Vec::new();
     for (&seed, task) in seeds.iter().zip(&tasks) {
@@ -690,7 +716,7 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
                     width,
                     steps: n,
                     flops_budget: None,
-                    lr: lr_for(budget, OnGrowth::Keep, b),
+                    lr: lr_for(budget, OnGrowth::Keep, b)?,
                     grown: None,
                 })
             };
@@ -704,7 +730,7 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
                     (!a.same_steps).then_some(large_flops)
                 }
                 Mode::Sizing => {
-                    for &w in &a.grid {
+                    for &w in &grid {
                         runs.push(static_run(format!("static-{w}"), w)?);
                     }
                     None
@@ -734,7 +760,7 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
                         width: start_width,
                         steps: n,
                         flops_budget: grown_budget,
-                        lr: lr_for(budget, on, b),
+                        lr: lr_for(budget, on, b)?,
                         grown: Some(GrownSpec {
                             policy_ron: ron.clone(),
                             origin: file.display().to_string(),
@@ -816,6 +842,8 @@ mod tests {
         d
     }
 
+    const GOOD: &str = "Schedule(events: [(at: Step(5), target: Layer(0), size: Fixed(4))])";
+
     #[test]
     fn same_stems_get_distinct_run_names() {
         let files = [
@@ -833,6 +861,19 @@ mod tests {
                 "plateau-2"
             ]
         );
+        // A stem chosen at one depth can be another file's at another: still distinct, and
+        // the numbering skips names a file has already.
+        let files = [
+            PathBuf::from("a/plateau.ron"),
+            PathBuf::from("b/plateau.ron"),
+            PathBuf::from("dir/a-plateau.ron"),
+            PathBuf::from("a-plateau-2.ron"),
+            PathBuf::from("/p.ron"),
+            PathBuf::from("./p.ron"),
+        ];
+        let s = stems(&files);
+        assert_eq!(s.iter().collect::<BTreeSet<_>>().len(), s.len(), "{s:?}");
+        assert!(s.iter().all(|n| !n.contains('/')), "{s:?}");
     }
 
     #[test]
@@ -872,12 +913,186 @@ mod tests {
     }
 
     #[test]
-    fn an_output_path_that_is_a_file_is_refused() {
-        let f = std::env::temp_dir().join(format!("cb-outfile-{}", std::process::id()));
-        std::fs::write(&f, b"x").unwrap();
-        let e = refused(&args(&["--out", f.to_str().unwrap()]));
-        assert!(e.contains("not a directory"), "{e}");
-        let _ = std::fs::remove_file(f);
+    fn the_output_directory_is_created_or_refused_before_training() {
+        let dir = tmp("out");
+        let fresh = dir.join("new/nested");
+        prepare_out(&fresh).unwrap();
+        assert!(fresh.is_dir());
+        assert_eq!(
+            std::fs::read_dir(&fresh).unwrap().count(),
+            0,
+            "no probe left"
+        );
+        let file = dir.join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = refused(&args(&["--out", file.to_str().unwrap()]));
+        assert!(e.contains("--out") && e.contains("not a directory"), "{e}");
+        let e = refused(&args(&["--out", file.join("below").to_str().unwrap()]));
+        assert!(e.contains("--out"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every numeric flag out of range, and every flag the run would ignore, is an error
+    /// naming the flag, and none of them creates the output directory.
+    #[test]
+    fn numeric_flags_out_of_range_and_flags_that_would_be_ignored_are_refused() {
+        let out = tmp("flags");
+        let o = out.to_str().unwrap();
+        let max = u64::MAX.to_string();
+        let cases: &[(&[&str], &str)] = &[
+            (&["--seeds", "0"], "--seeds 0"),
+            (&["--seeds", "1001"], "--seeds 1001"),
+            (&["--seed", &max, "--seeds", "2"], "--seed"),
+            (&["--budgets", "0"], "--budgets"),
+            (&["--budgets=-1"], "--budgets"),
+            (&["--budgets", "nan"], "--budgets"),
+            (&["--budgets", "inf"], "--budgets"),
+            (&["--budgets", "0.0001"], "--budgets"),
+            (&["--budgets", "1,0.5,1"], "--budgets: 1 is given twice"),
+            (&["--steps", "1000000000000000"], "more than"),
+            (&["--grid", "64,128"], "--grid is only for --sizing"),
+            (&["--sizing", "--grid", "64,0"], "--grid: width 0"),
+            (
+                &["--sizing", "--grid", "64,64"],
+                "--grid: 64 is given twice",
+            ),
+            (&["--sizing", "--grid", "64,100000000"], "--grid: width"),
+            (
+                &["--on-growth", "keep,keep"],
+                "--on-growth: keep is given twice",
+            ),
+            (&["--on-growth", "sometimes"], "--on-growth"),
+            (
+                &["--warmup", "10"],
+                "--warmup is only for --lr-schedule cosine",
+            ),
+            (
+                &["--lr-schedule", "cosine", "--warmup", "3000"],
+                "--warmup 3000",
+            ),
+            (&["--teacher-seed", "3"], "--teacher-seed"),
+            (&["--probe-size", "0"], "--probe-size 0"),
+            (&["--probe-size", "100000000"], "--probe-size"),
+            (&["--lr=-1"], "--lr"),
+            (&["--lr", "nan"], "--lr"),
+            (&["--new-unit-eps=-1"], "--new-unit-eps"),
+            (&["--eval-every", "0"], "--eval-every 0"),
+            (&["--jobs", "0"], "--jobs 0"),
+            (&["--loss-tolerance", "nan"], "--loss-tolerance"),
+            (&["--new-unit-lr", "fast"], "--new-unit-lr"),
+            (&["--shrink-perturb", "2:0.1"], "--shrink-perturb"),
+            (
+                &["--model", "cnn", "--dataset", "teacher-student"],
+                "--model cnn",
+            ),
+        ];
+        for (flags, expected) in cases {
+            let mut v = flags.to_vec();
+            v.extend(["--out", o]);
+            let e = refused(&args(&v));
+            assert!(e.contains(expected), "{flags:?}: {e}");
+        }
+        assert!(!out.exists(), "a refused plan created --out");
+    }
+
+    /// A mistake in any one policy file is reported before training, naming that file: a
+    /// syntax error, a layer the model lacks, a site name with a typo. A gradient-norm file
+    /// passes: the check's metrics carry gradient norms as training's do.
+    #[test]
+    fn a_bad_policy_among_good_ones_is_reported_naming_the_file() {
+        let dir = tmp("policies");
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let good = write("good.ron", GOOD);
+        let bad = [
+            write("syntax.ron", "Schedule(events: [(at: Step(5)"),
+            write(
+                "missing.ron",
+                "Schedule(events: [(at: Step(5), target: Layer(2), size: Fixed(4))])",
+            ),
+            write(
+                "typo.ron",
+                "Schedule(events: [(at: Step(5), target: Site(\"hidden.1\"), size: Fixed(4))])",
+            ),
+        ];
+        let out = dir.join("out");
+        let o = out.to_str().unwrap();
+        for bad in &bad {
+            let b = bad.to_str().unwrap();
+            let e = refused(&args(&[
+                "--policy",
+                good.to_str().unwrap(),
+                "--policy",
+                b,
+                "--out",
+                o,
+            ]));
+            assert!(e.contains(b), "{e}");
+        }
+        assert!(!out.exists(), "a refused plan created --out");
+        let gradnorm = write(
+            "g.ron",
+            "GradNorm(rules: [(layer: 0, cross: Below(0.1))], sustain: 2, size: Fixed(4))",
+        );
+        plan(&args(&["--policy", gradnorm.to_str().unwrap(), "--out", o])).expect("plans");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Policy files that share a stem (or the same file twice) get runs of their own: distinct
+    /// names and distinct audit logs, at every seed, budget and growth action.
+    #[test]
+    fn policy_files_with_the_same_stem_get_their_own_run_names_and_logs() {
+        let dir = tmp("stems");
+        let files: Vec<PathBuf> = [
+            "a/plateau.ron",
+            "b/plateau.ron",
+            "plateau-2.ron",
+            "c/plateau.ron",
+        ]
+        .iter()
+        .map(|rel| {
+            let p = dir.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, GOOD).unwrap();
+            p
+        })
+        .collect();
+        let mut v: Vec<&str> = Vec::new();
+        for f in files.iter().chain([&files[0]]) {
+            v.extend(["--policy", f.to_str().unwrap()]);
+        }
+        let o = dir.join("out");
+        v.extend([
+            "--out",
+            o.to_str().unwrap(),
+            "--seeds",
+            "2",
+            "--budgets",
+            "0.5,1",
+        ]);
+        v.extend(["--on-growth", "keep,rewind"]);
+        let p = plan(&args(&v)).expect("plans");
+        let mut names = BTreeSet::new();
+        let mut logs = BTreeSet::new();
+        for g in &p.groups {
+            let mut in_group = BTreeSet::new();
+            for r in &g.runs {
+                assert!(in_group.insert(r.name.clone()), "{} twice", r.name);
+                names.insert(r.name.clone());
+                if let Some(x) = &r.grown {
+                    assert!(logs.insert(x.audit.clone()), "{} twice", x.audit.display());
+                    assert_eq!(x.audit.parent(), Some(o.as_path()));
+                }
+            }
+        }
+        // 5 files x 2 growth actions, each at 2 seeds x 2 budgets.
+        assert_eq!(logs.len(), 5 * 2 * 4);
+        assert!(names.contains("grown-plateau-2-keep"), "{names:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -494,7 +494,8 @@ pub fn report(plan: &Plan, groups: Vec<GroupSummary>) -> Result<(), String> {
     let json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
     let write = |name: &str, text: &str| {
         let p = plan.out.join(name);
-        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
+        // Atomic: a run killed while reporting leaves the previous report whole.
+        dfdx_grow::fsio::write_atomic(&p, text.as_bytes()).map_err(|e| e.to_string())
     };
     write("summary.json", &json)?;
     let title = format!(

@@ -90,18 +90,20 @@ pub fn summary_table(records: &[AuditRecord]) -> String {
                     dash(),
                     dash(),
                     dash(),
-                    format!(
-                        "new units: {} of {} dead, active {:.1} % (original units {:.1} %){}",
-                        s.dead,
-                        s.added,
-                        100.0 * s.mean_active,
-                        100.0 * s.old_mean_active,
-                        if h.reinitialised > 0 {
-                            format!("; {} re-initialised", h.reinitialised)
-                        } else {
-                            String::new()
-                        }
-                    ),
+                    h.note.clone().unwrap_or_else(|| {
+                        format!(
+                            "new units: {} of {} dead, active {:.1} % (original units {:.1} %){}",
+                            s.dead,
+                            s.added,
+                            100.0 * s.mean_active,
+                            100.0 * s.old_mean_active,
+                            if h.reinitialised > 0 {
+                                format!("; {} re-initialised", h.reinitialised)
+                            } else {
+                                String::new()
+                            }
+                        )
+                    }),
                 ]
             }
         });

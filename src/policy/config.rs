@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::check::Checker;
 use super::{AllOf, AnyOf, Decision, Declined, GradNorm, GradNormSpec, GrowthPolicy, Limits};
 use super::{Efficiency, EfficiencySpec, LimitsSpec, Metrics, Plateau, StopRule};
-use super::{PlateauSpec, PolicyError, Schedule, ScheduleSpec, Sequence};
+use super::{PlateauSpec, PolicyError, Schedule, ScheduleSpec, Sequence, Target};
 
 /// Deepest nesting of combinators and [`PolicySpec::Limits`] accepted.
 pub const MAX_DEPTH: usize = 32;
@@ -203,7 +203,97 @@ impl PolicySpec {
     /// does not have and signals its metrics lack (see [`GrowthPolicy::check`]).
     pub fn validate_for(&self, m: &Metrics) -> Result<(), PolicyError> {
         self.validate()?;
-        self.build().check(m)
+        self.build().check(m)?;
+        self.check_named_sites(m)
+    }
+
+    /// Rejects a site named by `Site(..)` (or a rule's `site`) that the model lacks, unless
+    /// the spec grows in depth (then the site may be a block still to come, and the controller
+    /// checks it when a decision names it).
+    fn check_named_sites(&self, m: &Metrics) -> Result<(), PolicyError> {
+        if self.grows_in_depth() {
+            return Ok(());
+        }
+        let mut named = Vec::new();
+        self.named_sites("", &mut named);
+        match named.into_iter().find(|(_, name)| m.site(name).is_none()) {
+            Some((path, name)) => Err(PolicyError::model(
+                path.trim_start_matches('.'),
+                format!(
+                    "names site {name:?}, which the model does not have; its sites are {:?}",
+                    m.site_names()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether any part of the spec inserts blocks.
+    fn grows_in_depth(&self) -> bool {
+        match self {
+            PolicySpec::Schedule(s) => s
+                .events
+                .iter()
+                .any(|e| matches!(e.grow, super::Grow::Depth { .. })),
+            PolicySpec::Plateau(_) | PolicySpec::GradNorm(_) | PolicySpec::Efficiency(_) => false,
+            PolicySpec::AnyOf(v) | PolicySpec::AllOf(v) => v.iter().any(Self::grows_in_depth),
+            PolicySpec::Sequence(v) => v.iter().any(|s| s.policy.grows_in_depth()),
+            PolicySpec::Limits { policy, .. } => policy.grows_in_depth(),
+        }
+    }
+
+    /// Every site named explicitly, with the field path that names it (the paths
+    /// [`GrowthPolicy::check`] uses).
+    fn named_sites(&self, at: &str, out: &mut Vec<(String, String)>) {
+        let site = |t: &Target| match t {
+            Target::Site(name) => Some(name.clone()),
+            _ => None,
+        };
+        match self {
+            PolicySpec::Schedule(s) => {
+                for (i, e) in s.events.iter().enumerate() {
+                    if let Some(name) = e.target.as_ref().and_then(site) {
+                        out.push((format!("{at}.Schedule.events[{i}].target"), name));
+                    }
+                }
+            }
+            PolicySpec::Plateau(s) => {
+                if let Some(name) = site(&s.target) {
+                    out.push((format!("{at}.Plateau.target"), name));
+                }
+            }
+            PolicySpec::Efficiency(s) => {
+                if let Some(name) = site(&s.target) {
+                    out.push((format!("{at}.Efficiency.target"), name));
+                }
+            }
+            PolicySpec::GradNorm(s) => {
+                for (i, r) in s.rules.iter().enumerate() {
+                    if let Some(name) = &r.site {
+                        out.push((format!("{at}.GradNorm.rules[{i}]"), name.clone()));
+                    }
+                }
+            }
+            PolicySpec::AnyOf(v) | PolicySpec::AllOf(v) => {
+                let tag = if matches!(self, PolicySpec::AnyOf(_)) {
+                    "AnyOf"
+                } else {
+                    "AllOf"
+                };
+                for (i, p) in v.iter().enumerate() {
+                    p.named_sites(&format!("{at}.{tag}[{i}]"), out);
+                }
+            }
+            PolicySpec::Sequence(v) => {
+                for (i, st) in v.iter().enumerate() {
+                    st.policy
+                        .named_sites(&format!("{at}.Sequence[{i}].policy"), out);
+                }
+            }
+            PolicySpec::Limits { policy, .. } => {
+                policy.named_sites(&format!("{at}.Limits.policy"), out)
+            }
+        }
     }
 
     fn check(&self, origin: &str) -> Result<(), PolicyError> {
@@ -278,25 +368,37 @@ pub fn load_spec(path: impl AsRef<Path>) -> Result<PolicySpec, PolicyError> {
 /// model ([`GrowthPolicy::check`]) name the file.
 pub fn load_policy(path: impl AsRef<Path>) -> Result<Box<dyn GrowthPolicy>, PolicyError> {
     let path = path.as_ref();
-    Ok(Box::new(FromOrigin {
-        origin: path.display().to_string(),
-        inner: load_spec(path)?.build(),
-    }))
+    Ok(FromOrigin::boxed(
+        path.display().to_string(),
+        load_spec(path)?,
+    ))
 }
 
 /// Parse and validate RON text and build the policy; `origin` names the text in errors.
 pub fn policy_from_str(s: &str, origin: &str) -> Result<Box<dyn GrowthPolicy>, PolicyError> {
-    Ok(Box::new(FromOrigin {
-        origin: origin.to_string(),
-        inner: PolicySpec::from_ron(s, origin)?.build(),
-    }))
+    Ok(FromOrigin::boxed(
+        origin.to_string(),
+        PolicySpec::from_ron(s, origin)?,
+    ))
 }
 
-/// A policy read from a file or a string: itself, with errors that name where it came from.
+/// A policy read from a file or a string: itself, with errors that name where it came from,
+/// and its spec, whose named sites are checked against the model.
 #[derive(Debug)]
 struct FromOrigin {
     origin: String,
+    spec: PolicySpec,
     inner: Box<dyn GrowthPolicy>,
+}
+
+impl FromOrigin {
+    fn boxed(origin: String, spec: PolicySpec) -> Box<dyn GrowthPolicy> {
+        Box::new(FromOrigin {
+            origin,
+            inner: spec.build(),
+            spec,
+        })
+    }
 }
 
 impl GrowthPolicy for FromOrigin {
@@ -322,7 +424,10 @@ impl GrowthPolicy for FromOrigin {
         self.inner.load_state(s)
     }
     fn check(&self, m: &Metrics) -> Result<(), PolicyError> {
-        self.inner.check(m).map_err(|e| e.from_origin(&self.origin))
+        self.inner
+            .check(m)
+            .and_then(|()| self.spec.check_named_sites(m))
+            .map_err(|e| e.from_origin(&self.origin))
     }
     fn origin(&self) -> Option<&str> {
         Some(&self.origin)

@@ -158,8 +158,10 @@ impl Target {
     }
 
     /// Checks that the model described by `m` has what this target needs. A `Site` is not
-    /// checked here: a site may appear later (a block inserted by depth growth); the
-    /// controller checks it when a decision names it.
+    /// checked here: a site may appear later (a block inserted by depth growth). Policies
+    /// read from RON check their named sites when they cannot grow in depth
+    /// ([`crate::policy::PolicySpec::validate_for`]); otherwise the controller checks a site
+    /// when a decision names it.
     pub fn check(&self, m: &Metrics) -> Result<(), String> {
         match self {
             Target::Layer(i) if *i >= m.sites.len() => Err(format!(

@@ -22,7 +22,7 @@ mod tiny;
 
 use rand::RngCore;
 
-use crate::linear::uniform;
+use crate::sampling::uniform;
 use crate::{Activation, Expandable, GrowError, Init, LossProbe, NewUnits, Real};
 
 /// A row-major matrix of f64 on the host.

@@ -163,7 +163,7 @@ pub fn site_health<E: Real, D: Device<E>, M: Growable<E, D>>(
     let sites = model.sites();
     let s = m.site_mut(site).ok_or_else(|| GrowError::NoSuchSite {
         name: site.to_string(),
-        sites: crate::site::site_names(&sites),
+        sites: crate::grow::site::site_names(&sites),
     })?;
     let width = s.producer.out_width();
     if activity.width != width {
@@ -225,7 +225,7 @@ pub fn reinitialise_units<E: Real, D: Device<E>, M: Growable<E, D>>(
         let sites = model.sites();
         let s = model.site_mut(site).ok_or_else(|| GrowError::NoSuchSite {
             name: site.to_string(),
-            sites: crate::site::site_names(&sites),
+            sites: crate::grow::site::site_names(&sites),
         })?;
         let fresh = {
             let consumers: Vec<&dyn Expandable<E>> = s.consumers.iter().map(|c| &**c).collect();

@@ -4,10 +4,10 @@ use dfdx::prelude::{Cpu, Device, Dtype, HasShape, Module, ReshapeTo, Tape, Tenso
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::conv::{Conv2d, FlatLinear, Images};
+use crate::grow::site::DEFAULT_MAX_WIDTH;
 use crate::health::Activity;
+use crate::nn::conv::{Conv2d, FlatLinear, Images};
 use crate::params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params};
-use crate::site::DEFAULT_MAX_WIDTH;
 use crate::{
     Activation, Data, Expandable, GrowError, Growable, LossProbe, Probe, Real, Site, SiteMut,
 };

@@ -3,7 +3,7 @@
 use dfdx::prelude::*;
 use rand::Rng;
 
-use crate::expandable::fan_in_bound;
+use crate::grow::expandable::fan_in_bound;
 use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
 use crate::{Expandable, GrowError, Real};
 
@@ -32,12 +32,6 @@ pub struct Linear<E: Dtype, D: Device<E>> {
     pub bias: Vector<E, D>,
 }
 
-/// Samples `n` values uniformly in `(-bound, bound)`, the way a fresh dfdx layer is
-/// initialised, in bulk (see [`crate::sampling::uniform`]).
-pub(crate) fn uniform<E: Real>(n: usize, bound: f64, rng: &mut (impl Rng + ?Sized)) -> Vec<E> {
-    crate::sampling::uniform(n, bound, rng)
-}
-
 impl<E: Real, D: Device<E>> Linear<E, D> {
     /// A layer of `out` units over `inp` inputs, weights and bias uniform in
     /// `[-1/sqrt(inp), 1/sqrt(inp))` as dfdx's and PyTorch's defaults.
@@ -50,10 +44,10 @@ impl<E: Real, D: Device<E>> Linear<E, D> {
                 reason: "the weight's size overflows usize".into(),
             })?;
         let weight = dev
-            .try_tensor_from_vec(uniform(n, bound, rng), (out, inp))
+            .try_tensor_from_vec(crate::sampling::uniform(n, bound, rng), (out, inp))
             .map_err(GrowError::device)?;
         let bias = dev
-            .try_tensor_from_vec(uniform(out, bound, rng), (out,))
+            .try_tensor_from_vec(crate::sampling::uniform(out, bound, rng), (out,))
             .map_err(GrowError::device)?;
         Ok(Self { weight, bias })
     }
@@ -136,15 +130,8 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
     }
 
     fn input_norms(&self) -> Vec<f64> {
-        let (w, inp) = (self.weight.as_vec(), self.in_width());
-        let mut sums = vec![0.0f64; inp];
-        for row in w.chunks(inp.max(1)) {
-            for (s, x) in sums.iter_mut().zip(row) {
-                let x = x.to_f64().unwrap_or(f64::NAN);
-                *s += x * x;
-            }
-        }
-        sums.iter().map(|s| s.sqrt()).collect()
+        let inp = self.in_width();
+        grouped_column_norms(&self.weight.as_vec(), inp, 1, inp)
     }
 
     fn replace_outputs(
@@ -180,37 +167,77 @@ impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
     }
 
     fn grow_outputs(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
-        let (out, inp) = *self.weight.shape();
-        let k = bias.len();
-        if Some(fan_in.len()) != k.checked_mul(inp) {
-            return Err(GrowError::ShapeMismatch {
-                what: "Linear::grow_outputs fan-in".into(),
-                expected: k.saturating_mul(inp),
-                found: fan_in.len(),
-            });
-        }
-        // A pre-sized buffer and one copy: the cheapest way to append rows on any device.
-        let mut w = vec![E::zero(); (out + k) * inp];
-        self.weight.copy_into(&mut w[..out * inp]);
-        w[out * inp..].copy_from_slice(fan_in);
-        let mut b = vec![E::zero(); out + k];
-        self.bias.copy_into(&mut b[..out]);
-        b[out..].copy_from_slice(bias);
-        let dev = self.dev().clone();
-        let weight = dev
-            .try_tensor_from_vec(w, (out + k, inp))
-            .map_err(GrowError::device)?;
-        let bias = dev
-            .try_tensor_from_vec(b, (out + k,))
-            .map_err(GrowError::device)?;
-        self.weight = weight;
-        self.bias = bias;
-        Ok(())
+        append_units(
+            &mut self.weight,
+            &mut self.bias,
+            fan_in,
+            bias,
+            "Linear new units' fan-in",
+        )
     }
 
     fn grow_inputs(&mut self, fan_out: &[E], rescale: &[(usize, E)]) -> Result<(), GrowError> {
         self.grow_input_groups(1, fan_out, rescale)
     }
+}
+
+/// Appends `bias.len()` rows to `weight` (their values `fan_in`, row-major) and the entries
+/// `bias` to `bias_vec`: what a new output unit is, in a layer whose weight is a matrix of
+/// one row per unit (a linear layer; a convolution's flattened kernels). Both tensors are
+/// built before either is stored, so an error (`what` names the layer) changes nothing.
+pub(crate) fn append_units<E: Real, D: Device<E>>(
+    weight: &mut Matrix<E, D>,
+    bias_vec: &mut Vector<E, D>,
+    fan_in: &[E],
+    bias: &[E],
+    what: &str,
+) -> Result<(), GrowError> {
+    let (out, cols) = *weight.shape();
+    let k = bias.len();
+    if Some(fan_in.len()) != k.checked_mul(cols) {
+        return Err(GrowError::ShapeMismatch {
+            what: what.into(),
+            expected: k.saturating_mul(cols),
+            found: fan_in.len(),
+        });
+    }
+    // A pre-sized buffer and one copy: the cheapest way to append rows on any device.
+    let mut w = vec![E::zero(); (out + k) * cols];
+    weight.copy_into(&mut w[..out * cols]);
+    w[out * cols..].copy_from_slice(fan_in);
+    let mut b = vec![E::zero(); out + k];
+    bias_vec.copy_into(&mut b[..out]);
+    b[out..].copy_from_slice(bias);
+    let dev = weight.device().clone();
+    let new_weight = dev
+        .try_tensor_from_vec(w, (out + k, cols))
+        .map_err(GrowError::device)?;
+    let new_bias = dev
+        .try_tensor_from_vec(b, (out + k,))
+        .map_err(GrowError::device)?;
+    *weight = new_weight;
+    *bias_vec = new_bias;
+    Ok(())
+}
+
+/// The L2 norm of every input unit's fan-out in a row-major matrix of rows of `row_len`
+/// values, where input unit `u` owns the columns `u * group .. (u + 1) * group` of every row.
+pub(crate) fn grouped_column_norms<E: Real>(
+    w: &[E],
+    row_len: usize,
+    group: usize,
+    units: usize,
+) -> Vec<f64> {
+    let mut sums = vec![0.0f64; units];
+    if row_len == 0 || group == 0 {
+        return sums;
+    }
+    for row in w.chunks(row_len) {
+        for (s, block) in sums.iter_mut().zip(row.chunks(group)) {
+            *s += crate::params::l2_norm(block).powi(2);
+        }
+    }
+    sums.into_iter().map(f64::sqrt).collect()
 }
 
 /// Checks a list of `units` below `width` with `values` of `per_unit` each and `n` extras.

@@ -1,19 +1,19 @@
 //! A residual MLP whose blocks can widen and whose depth can grow.
 
 use dfdx::prelude::{
-    Backward, Device, Dtype, HasShape, Module, Tape, Tensor, Trace, TryAdd, WithEmptyTape,
+    Backward, Cpu, Device, Dtype, HasShape, Module, Tape, Tensor, Trace, TryAdd, WithEmptyTape,
 };
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
+use crate::grow::site::DEFAULT_MAX_WIDTH;
 use crate::health::Activity;
 use crate::informed::{HostMatrix, SiteStatistics};
 use crate::params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params};
-use crate::site::DEFAULT_MAX_WIDTH;
-use crate::SiteMut;
 use crate::{
     Activation, Expandable, GrowError, Growable, Linear, Loss, LossProbe, Probe, Real, Site,
 };
+use crate::{Data, SiteMut};
 
 /// One residual block, `x + fc2(act(fc1(x)))`, named `blocks.{id}`.
 #[derive(Clone, Debug)]
@@ -454,14 +454,15 @@ impl<E: Dtype, D: Device<E>> Params<E, D> for ResMlp<E, D> {
     }
 }
 
-impl<E: Dtype, D: Device<E>, T: Tape<E, D>> Module<Tensor<(usize, usize), E, D, T>>
-    for ResMlp<E, D>
-{
-    type Output = Tensor<(usize, usize), E, D, T>;
-    type Error = D::Err;
+/// A batch on the stream (or the input, or the output): (batch, features).
+type Stream<E, D, T> = Tensor<(usize, usize), E, D, T>;
 
-    fn try_forward(&self, x: Tensor<(usize, usize), E, D, T>) -> Result<Self::Output, D::Err> {
-        let mut h = self.input.try_forward(x)?;
+impl<E: Dtype, D: Device<E>> ResMlp<E, D> {
+    /// The blocks and the head, from the stream `h`.
+    fn blocks_and_head<T: Tape<E, D>>(
+        &self,
+        mut h: Stream<E, D, T>,
+    ) -> Result<Stream<E, D, T>, D::Err> {
         for b in &self.blocks {
             // The branch reads the stream on an empty tape; the sum joins both tapes, so the
             // gradient reaches the stream through both paths (as dfdx's `Residual`).
@@ -470,6 +471,36 @@ impl<E: Dtype, D: Device<E>, T: Tape<E, D>> Module<Tensor<(usize, usize), E, D, 
             h = h.try_add(y)?;
         }
         self.head.try_forward(h)
+    }
+}
+
+impl<E: Dtype, D: Device<E>, T: Tape<E, D>> Module<Tensor<(usize, usize), E, D, T>>
+    for ResMlp<E, D>
+{
+    type Output = Tensor<(usize, usize), E, D, T>;
+    type Error = D::Err;
+
+    fn try_forward(&self, x: Tensor<(usize, usize), E, D, T>) -> Result<Self::Output, D::Err> {
+        let h = self.input.try_forward(x)?;
+        self.blocks_and_head(h)
+    }
+}
+
+/// The input layer on data skips the input's gradient (see [`Data`]).
+impl<E: Real, D: Device<E>, T: Tape<E, D> + 'static> Module<Data<Tensor<(usize, usize), E, D, T>>>
+    for ResMlp<E, D>
+where
+    Cpu: Device<E>,
+{
+    type Output = Tensor<(usize, usize), E, D, T>;
+    type Error = D::Err;
+
+    fn try_forward(
+        &self,
+        x: Data<Tensor<(usize, usize), E, D, T>>,
+    ) -> Result<Self::Output, D::Err> {
+        let h = self.input.try_forward(x)?;
+        self.blocks_and_head(h)
     }
 }
 

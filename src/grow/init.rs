@@ -5,8 +5,8 @@ use rand::RngCore;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-use crate::expandable::fan_in_bound;
-use crate::linear::uniform;
+use crate::grow::expandable::fan_in_bound;
+use crate::sampling::uniform;
 use crate::{Expandable, GrowError, Real};
 
 /// How new units are initialised when a hidden layer grows.
@@ -217,6 +217,18 @@ impl Init {
     ) -> Result<NewUnits<E>, GrowError> {
         self.check(k)?;
         let fan_in = producer.unit_fan_in();
+        // Every buffer below must be addressable: k units of each size, in bytes.
+        let fits = |per_unit: usize| {
+            k.checked_mul(per_unit.max(1))
+                .and_then(|n| n.checked_mul(std::mem::size_of::<E>()))
+                .is_some_and(|bytes| bytes <= isize::MAX as usize)
+        };
+        if !fits(fan_in) || !consumers.iter().all(|c| fits(c.unit_fan_out())) {
+            return Err(GrowError::InitMismatch {
+                init: self.name(),
+                reason: format!("{k} new units do not fit in addressable memory"),
+            });
+        }
         let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
         let zeros = |n: usize| vec![E::zero(); n];
         let mut units = NewUnits {
@@ -260,7 +272,8 @@ impl Init {
                 for (c, fan_out) in consumers.iter().zip(&mut units.fan_out) {
                     let n = c.unit_fan_out();
                     // The consumer's fresh-init scale at its grown width.
-                    let grown_fan_in = c.unit_fan_in() / c.in_width().max(1) * (c.in_width() + k);
+                    let grown_fan_in = (c.unit_fan_in() / c.in_width().max(1))
+                        .saturating_mul(c.in_width().saturating_add(k));
                     let cols: Vec<E> = uniform(half * n, fan_in_bound(grown_fan_in), rng);
                     for p in 0..half {
                         let v = &cols[p * n..(p + 1) * n];

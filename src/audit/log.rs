@@ -1,136 +1,12 @@
-//! An append-only JSON Lines log of growth events.
-//!
-//! Each record is one JSON object on one line. An append ([`AuditLog::append_all`]) is one
-//! `write` of whole lines, so a process killed between appends loses nothing it reported; if
-//! the write fails, the file is cut back to its previous length, so the log is unchanged. A
-//! process killed *during* a write can leave a torn last line: [`AuditLog::open`] cuts it away
-//! before appending and says so ([`AuditLog::repaired`]), so the log always reads back.
-//! Non-finite numbers are written as the strings `"NaN"`, `"inf"`, `"-inf"`.
-//!
-//! One process writes a log at a time: the cut-back after a failed write assumes that nobody
-//! else appended meanwhile.
+//! The log file: appends of whole lines in one write, the repair of a torn end on open, and
+//! reading back with line numbers.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use crate::health::HealthRecord;
-use crate::init::Init;
-use crate::policy::Growth;
-
-pub(crate) mod num;
-mod table;
-
-pub use table::summary_table;
-
-/// The model grew: units at a site, or (with `after` set) a new block.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GrowthEvent {
-    /// Optimizer step at which the growth happened.
-    pub step: u64,
-    /// Epochs completed at the growth.
-    pub epoch: u64,
-    /// The site that grew, or the name of the new block.
-    pub site: String,
-    /// Width before (0 for a new block).
-    pub old_width: usize,
-    /// Width after (the new block's hidden width).
-    pub new_width: usize,
-    /// Init of the new units.
-    pub init: Init,
-    /// For a new block: the block it was inserted after.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<String>,
-    /// Which policy (branch) decided, as in [`Decision::policy`](crate::policy::Decision::policy).
-    pub policy: String,
-    /// The decision's reason.
-    pub reason: String,
-    /// The decision's evidence.
-    #[serde(with = "num::float_map")]
-    pub evidence: BTreeMap<String, f64>,
-    /// Parameters before.
-    pub params_before: usize,
-    /// Parameters after.
-    pub params_after: usize,
-    /// Loss on the probe batch just before the growth, if measured.
-    #[serde(with = "num::opt_float", default)]
-    pub loss_before: Option<f64>,
-    /// Loss on the same batch just after, if measured.
-    #[serde(with = "num::opt_float", default)]
-    pub loss_after: Option<f64>,
-    /// Cumulative training FLOPs at the growth.
-    #[serde(with = "num::float")]
-    pub flops: f64,
-    /// What the learning-rate schedule did at the growth, when the controller runs one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lr: Option<String>,
-}
-
-/// Growths a policy wanted but its [`Limits`](crate::policy::Limits) refused. Identical
-/// refusals in a row (same policy, same sites) are written once, with their count and the
-/// first and last step.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DeclinedEvent {
-    /// Step of the first refusal this record stands for.
-    pub first_step: u64,
-    /// Step of the last one.
-    pub step: u64,
-    /// Epochs completed at the last one.
-    pub epoch: u64,
-    /// Which policy wanted to grow.
-    pub policy: String,
-    /// Why the first was refused.
-    pub why: String,
-    /// The sites (or blocks) that were to grow.
-    pub sites: Vec<String>,
-    /// How many refusals this record stands for.
-    pub count: u64,
-}
-
-/// A decision the controller could not carry out (the model refused it, or the probe loss
-/// rose and it was undone); the model, the optimizer and the policy's counts are as before.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RefusedEvent {
-    /// Step of the decision.
-    pub step: u64,
-    /// Epochs completed.
-    pub epoch: u64,
-    /// Which policy decided.
-    pub policy: String,
-    /// The decision's reason.
-    pub reason: String,
-    /// Why it was not carried out.
-    pub why: String,
-    /// The growths it asked for.
-    pub growths: Vec<Growth>,
-    /// For a growth that was carried out and undone: the probe loss before.
-    #[serde(with = "num::opt_float", default)]
-    pub loss_before: Option<f64>,
-    /// ... and after (the rise that undid it).
-    #[serde(with = "num::opt_float", default)]
-    pub loss_after: Option<f64>,
-}
-
-/// One line of the log; `kind` is `"growth"`, `"declined"`, `"refused"`, `"undone"` or
-/// `"health"`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum AuditRecord {
-    /// A growth was carried out.
-    Growth(GrowthEvent),
-    /// Growths were refused by the policy's limits.
-    Declined(DeclinedEvent),
-    /// The model refused a decision.
-    Refused(RefusedEvent),
-    /// A decision was carried out, then undone because the probe loss rose.
-    Undone(RefusedEvent),
-    /// How a growth's new units are doing, some steps after it.
-    Health(HealthRecord),
-}
+use super::{AuditRecord, GrowthEvent};
 
 /// Errors of the audit log, naming the file (and line when reading).
 #[derive(Debug, thiserror::Error)]
@@ -336,11 +212,13 @@ impl AuditLog {
         let path = path.as_ref();
         let mut records = Vec::new();
         for_each_line(path, |line, text| {
-            let r = serde_json::from_slice(text).map_err(|e| AuditError::Parse {
+            let parse_err = |message| AuditError::Parse {
                 path: path.display().to_string(),
                 line,
-                message: e.to_string(),
-            })?;
+                message,
+            };
+            let text = text.map_err(|_| parse_err(too_long()))?;
+            let r = serde_json::from_slice(text).map_err(|e| parse_err(e.to_string()))?;
             records.push(r);
             Ok(())
         })?;
@@ -356,11 +234,15 @@ impl AuditLog {
             bad_lines: Vec::new(),
         };
         for_each_line(path, |line, text| {
-            match serde_json::from_slice(text) {
+            let parsed = match text {
+                Ok(text) => serde_json::from_slice(text).map_err(|e| (e.to_string(), text)),
+                Err(start) => Err((too_long(), start)),
+            };
+            match parsed {
                 Ok(r) => out.records.push(r),
-                Err(e) => out.bad_lines.push(BadLine {
+                Err((message, text)) => out.bad_lines.push(BadLine {
                     line,
-                    message: e.to_string(),
+                    message,
                     text_start: start_of(text),
                 }),
             }
@@ -370,29 +252,63 @@ impl AuditLog {
     }
 }
 
+/// The longest line [`AuditLog::read`] and [`AuditLog::read_lenient`] accept (records are a
+/// few hundred bytes; this bounds the memory a damaged or foreign file can take).
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
 /// Calls `f(line number, line)` for each non-blank line of the regular file `path` (without
-/// its newline), streaming.
+/// its newline), streaming; a line longer than [`MAX_LINE_BYTES`] is passed as `Err` with its
+/// start, and the rest of it is skipped unread into memory.
 fn for_each_line(
     path: &Path,
-    mut f: impl FnMut(usize, &[u8]) -> Result<(), AuditError>,
+    mut f: impl FnMut(usize, Result<&[u8], &[u8]>) -> Result<(), AuditError>,
 ) -> Result<(), AuditError> {
     let mut reader = BufReader::new(crate::fsio::open_regular(path)?);
     let mut buf = Vec::new();
+    let io = |source| io_err(path, source);
     for line in 1.. {
         buf.clear();
-        if reader
+        let n = Read::take(&mut reader, MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut buf)
-            .map_err(|source| io_err(path, source))?
-            == 0
-        {
+            .map_err(io)?;
+        if n == 0 {
             break;
+        }
+        if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
+            skip_line(&mut reader).map_err(io)?;
+            f(line, Err(&buf))?;
+            continue;
         }
         if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        f(line, &buf)?;
+        f(line, Ok(&buf))?;
     }
     Ok(())
+}
+
+/// Consumes the rest of the current line, newline included, without keeping it.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = chunk.len();
+                reader.consume(n);
+            }
+        }
+    }
+}
+
+fn too_long() -> String {
+    format!("line longer than {MAX_LINE_BYTES} bytes")
 }
 
 /// Up to 80 characters of `bytes`, trimmed, invalid UTF-8 replaced.

@@ -5,7 +5,7 @@ use rand::RngCore;
 
 use super::linalg::{mean_outer, svd, to_dmatrix};
 use super::{cast, informed_flops, zero_units, InformedUnits, SiteStatistics};
-use crate::linear::uniform;
+use crate::sampling::uniform;
 use crate::{Activation, Expandable, GrowError, Init, Real};
 
 /// Singular values below this fraction of the largest count as zero. Statistics computed in

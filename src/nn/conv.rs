@@ -41,10 +41,11 @@ use std::any::{Any, TypeId};
 use dfdx::prelude::*;
 use rand::Rng;
 
-use crate::expandable::fan_in_bound;
-use crate::linear::uniform;
+use crate::grow::expandable::fan_in_bound;
+use crate::nn::linear::{append_units, grouped_column_norms};
 use crate::params::l2_norm;
 use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
+use crate::sampling::uniform;
 use crate::{Data, Expandable, GrowError, Linear, Real};
 
 /// A batch of images, `(batch, channels, height, width)`.
@@ -402,38 +403,16 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
     /// Appends rows to the weight matrix and entries to the bias. Sizes are checked first;
     /// on error nothing changes.
     pub fn grow_out_channels(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
-        let (out, cols) = *self.weight.shape();
-        let k = bias.len();
-        if k == 0 {
+        if bias.is_empty() {
             return Err(GrowError::ZeroUnits);
         }
-        let expected = k
-            .checked_mul(cols)
-            .ok_or_else(|| invalid(vec![k, cols], "the new fan-in's size overflows usize"))?;
-        if fan_in.len() != expected {
-            return Err(GrowError::ShapeMismatch {
-                what: "Conv2d new output channels' fan-in".into(),
-                expected,
-                found: fan_in.len(),
-            });
-        }
-        let mut w = vec![E::zero(); (out + k) * cols];
-        self.weight.copy_into(&mut w[..out * cols]);
-        w[out * cols..].copy_from_slice(fan_in);
-        let mut b = vec![E::zero(); out + k];
-        self.bias.copy_into(&mut b[..out]);
-        b[out..].copy_from_slice(bias);
-        let dev = self.dev().clone();
-        // Both tensors are built before either is stored: a device error changes nothing.
-        let weight = dev
-            .try_tensor_from_vec(w, (out + k, cols))
-            .map_err(GrowError::device)?;
-        let bias = dev
-            .try_tensor_from_vec(b, (out + k,))
-            .map_err(GrowError::device)?;
-        self.weight = weight;
-        self.bias = bias;
-        Ok(())
+        append_units(
+            &mut self.weight,
+            &mut self.bias,
+            fan_in,
+            bias,
+            "Conv2d new output channels' fan-in",
+        )
     }
 
     /// Appends `fan_out.len() / (out_channels * kh * kw)` input channels: `fan_out` holds their
@@ -563,14 +542,13 @@ impl<E: Real, D: Device<E>> Expandable<E> for Conv2d<E, D> {
     }
 
     fn input_norms(&self) -> Vec<f64> {
-        let (w, cols, area) = (self.weight.as_vec(), self.unit_fan_in(), self.kernel_area());
-        let mut sums = vec![0.0f64; self.in_channels()];
-        for row in w.chunks(cols.max(1)) {
-            for (s, block) in sums.iter_mut().zip(row.chunks(area)) {
-                *s += l2_norm(block).powi(2);
-            }
-        }
-        sums.into_iter().map(f64::sqrt).collect()
+        let w = self.weight.as_vec();
+        grouped_column_norms(
+            &w,
+            self.unit_fan_in(),
+            self.kernel_area(),
+            self.in_channels(),
+        )
     }
 
     fn grow_outputs(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {
@@ -1013,14 +991,8 @@ impl<E: Real, D: Device<E>> Expandable<E> for FlatLinear<E, D> {
     }
 
     fn input_norms(&self) -> Vec<f64> {
-        let (w, inp, group) = (self.linear.weight_vec(), self.unit_fan_in(), self.group());
-        let mut sums = vec![0.0f64; self.channels()];
-        for row in w.chunks(inp.max(1)) {
-            for (s, block) in sums.iter_mut().zip(row.chunks(group)) {
-                *s += l2_norm(block).powi(2);
-            }
-        }
-        sums.into_iter().map(f64::sqrt).collect()
+        let w = self.linear.weight_vec();
+        grouped_column_norms(&w, self.unit_fan_in(), self.group(), self.channels())
     }
 
     fn grow_outputs(&mut self, fan_in: &[E], bias: &[E]) -> Result<(), GrowError> {

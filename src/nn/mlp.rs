@@ -4,10 +4,10 @@ use dfdx::prelude::{Backward, Device, Dtype, HasShape, Module, Tape, Tensor, Tra
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::grow::site::{check_growth, grow_site, grow_site_probed, DEFAULT_MAX_WIDTH};
 use crate::health::Activity;
 use crate::informed::{HostMatrix, SiteStatistics};
 use crate::params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params};
-use crate::site::{check_growth, grow_site, grow_site_probed, DEFAULT_MAX_WIDTH};
 use crate::{
     Activation, Expandable, ExpansionReport, GrowError, Growable, Init, Linear, Loss, LossProbe,
     Real, Site, SiteMut,
@@ -165,20 +165,8 @@ impl<E: Real, D: Device<E>> Mlp<E, D> {
     /// The pre-activations of hidden layer `hidden` on the batch `x`, example-major (batch x
     /// width): what the activation sees, from which [`crate::health`] tells dead units.
     pub fn pre_activations(&self, hidden: usize, x: &Matrix<E, D>) -> Result<Vec<E>, GrowError> {
-        if hidden >= self.hidden_layers() {
-            return Err(GrowError::NoSuchLayer {
-                index: hidden,
-                hidden_layers: self.hidden_layers(),
-            });
-        }
         self.check_input(x)?;
-        let mut h = x.clone();
-        for layer in &self.layers[..hidden] {
-            h = self
-                .act
-                .try_apply(layer.forward(h))
-                .map_err(GrowError::device)?;
-        }
+        let h = self.hidden_input(hidden, x)?;
         Ok(self.layers[hidden].forward(h).as_vec())
     }
 

@@ -41,3 +41,32 @@ pub struct ExpansionReport {
     #[serde(default)]
     pub init_flops: Option<f64>,
 }
+
+impl ExpansionReport {
+    /// The report of `site` grown from `old_width` by `k` units with `init`, the model going
+    /// from `params_before` to `params_after` parameters; nothing measured yet.
+    pub fn new(
+        site: String,
+        old_width: usize,
+        k: usize,
+        (params_before, params_after): (usize, usize),
+        init: &Init,
+    ) -> Self {
+        ExpansionReport {
+            site,
+            old_width,
+            new_width: old_width + k,
+            params_before,
+            params_after,
+            init: init.clone(),
+            exact: init.is_exact(),
+            max_abs_output_change: None,
+            output_scale: None,
+            loss_before: None,
+            loss_after: None,
+            informed: None,
+            gamma: None,
+            init_flops: None,
+        }
+    }
+}

@@ -265,22 +265,13 @@ pub fn grow_site<E: Real, D: Device<E>, M: Growable<E, D>>(
         *model = backup;
         return Err(e);
     }
-    Ok(ExpansionReport {
-        site: site.name,
-        old_width: site.width,
-        new_width: site.width + k,
-        params_before,
-        params_after: model.num_params(),
-        init: init.clone(),
-        exact: init.is_exact(),
-        max_abs_output_change: None,
-        output_scale: None,
-        loss_before: None,
-        loss_after: None,
-        informed: None,
-        gamma: None,
-        init_flops: None,
-    })
+    Ok(ExpansionReport::new(
+        site.name,
+        site.width,
+        k,
+        (params_before, model.num_params()),
+        init,
+    ))
 }
 
 fn grow_layers<E: Real, D: Device<E>, M: Growable<E, D>>(
@@ -420,20 +411,16 @@ pub fn grow_site_informed<E: Real, D: Device<E>, M: Growable<E, D>>(
     }
     let search_flops = evaluations as f64 * stats.rows() as f64 * model.forward_flops();
     let mut report = ExpansionReport {
-        site: site.name,
-        old_width: site.width,
-        new_width: site.width + k,
-        params_before,
-        params_after: model.num_params(),
-        init: init.clone(),
-        exact: init.is_exact(),
-        max_abs_output_change: None,
-        output_scale: None,
-        loss_before: None,
-        loss_after: None,
         informed: Some(planned.informed),
         gamma,
         init_flops: Some(stats.flops() + planned.flops + search_flops),
+        ..ExpansionReport::new(
+            site.name,
+            site.width,
+            k,
+            (params_before, model.num_params()),
+            init,
+        )
     };
     if let Some(p) = probe {
         measure(&mut report, p, model, loss_before, out_before);

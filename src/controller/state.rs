@@ -1,0 +1,73 @@
+//! What a resumed run needs to decide exactly as an uninterrupted one.
+
+use serde::{Deserialize, Serialize};
+
+use super::declined::PendingDeclined;
+use super::health::HealthDue;
+use super::{ControllerError, GrowthController};
+use crate::audit::GrowthEvent;
+use crate::lr::LrSchedule;
+use crate::policy::load_state_atomically;
+
+/// What a resumed run needs to decide exactly as an uninterrupted one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerState {
+    /// The policy's running state.
+    pub policy: serde_json::Value,
+    /// Growth events so far.
+    pub events: Vec<GrowthEvent>,
+    /// The seed of the inits' random streams.
+    pub seed: u64,
+    /// Declined growths counted but not yet written.
+    #[serde(default)]
+    pending_declined: Option<PendingDeclined>,
+    /// Health checks not yet done.
+    #[serde(default)]
+    health_due: Vec<HealthDue>,
+    /// The learning-rate schedule's running state, when the controller runs one.
+    #[serde(default)]
+    lr_schedule: Option<LrSchedule>,
+}
+
+impl GrowthController {
+    /// The state to save for a resumed run (see [`GrowthController::restore`]).
+    pub fn state(&self) -> ControllerState {
+        ControllerState {
+            policy: self.policy.save_state(),
+            events: self.events.clone(),
+            seed: self.seed,
+            pending_declined: self.pending_declined.clone(),
+            health_due: self.health_due.clone(),
+            lr_schedule: self.lr_schedule.clone(),
+        }
+    }
+
+    /// Restores a saved state into a controller built with the same policy file: the
+    /// policy's state, the event history, the random stream of inits, the declined growths
+    /// not yet written and the health checks not yet done. On error nothing changes.
+    pub fn restore(&mut self, state: &ControllerState) -> Result<(), ControllerError> {
+        if self.lr_schedule.is_some() != state.lr_schedule.is_some() {
+            return Err(ControllerError::State(format!(
+                "the saved state {} a learning-rate schedule, this controller {}",
+                if state.lr_schedule.is_some() {
+                    "has"
+                } else {
+                    "has no"
+                },
+                if self.lr_schedule.is_some() {
+                    "has one"
+                } else {
+                    "has none"
+                }
+            )));
+        }
+        load_state_atomically(self.policy.as_mut(), &state.policy)?;
+        self.events = state.events.clone();
+        self.seed = state.seed;
+        self.pending_declined = state.pending_declined.clone();
+        self.health_due = state.health_due.clone();
+        self.lr_schedule = state.lr_schedule.clone();
+        Ok(())
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::train::Run;
+use crate::summary::GroupSummary;
 
 const W: f64 = 900.0;
 const H: f64 = 520.0;
@@ -10,13 +10,23 @@ const LEFT: f64 = 70.0;
 const RIGHT: f64 = 220.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
-const COLORS: [&str; 8] = [
+const COLORS: [&str; 12] = [
     "#444444", "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b",
+    "#e377c2", "#bcbd22", "#7f7f7f", "#aec7e8",
 ];
 
-/// Renders every run's validation curve (log-scaled FLOPs on x) with its growth events as
-/// dots, and the static large model's final loss as a dashed line.
-pub fn svg(runs: &[Run], target: Option<f64>, title: &str) -> String {
+/// Renders every run's validation curve (log-scaled FLOPs on x; one line per seed, one colour
+/// per run) with its growth events as dots, the first comparison's target as a dashed line
+/// and the loss floor, when known, as a dotted one.
+pub fn svg(groups: &[&GroupSummary], title: &str, floor: Option<f64>) -> String {
+    let target = groups.first().map(|g| g.target);
+    let runs: Vec<&crate::summary::Row> = groups.iter().flat_map(|g| &g.runs).collect();
+    let mut names: Vec<&str> = Vec::new();
+    for r in &runs {
+        if !names.contains(&r.name.as_str()) {
+            names.push(&r.name);
+        }
+    }
     let pts = runs
         .iter()
         .flat_map(|r| r.curve.iter().filter(|p| p.flops > 0.0));
@@ -103,7 +113,16 @@ pub fn svg(runs: &[Run], target: Option<f64>, title: &str) -> String {
             W - RIGHT
         );
     }
-    for (i, r) in runs.iter().enumerate() {
+    if let Some(f) = floor.filter(|f| *f >= y0 && *f <= y1) {
+        let y = sy(f);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#999" stroke-dasharray="1,3"/>"##,
+            W - RIGHT
+        );
+    }
+    for r in &runs {
+        let i = names.iter().position(|n| *n == r.name).unwrap_or(0);
         let c = COLORS[i % COLORS.len()];
         let path: Vec<String> = r
             .curve
@@ -116,7 +135,7 @@ pub fn svg(runs: &[Run], target: Option<f64>, title: &str) -> String {
             r#"<polyline fill="none" stroke="{c}" stroke-width="1.8" clip-path="url(#plot)" points="{}"/>"#,
             path.join(" ")
         );
-        for m in &r.marks {
+        for m in &r.growths {
             // Place the dot on the curve at the growth's FLOPs.
             let l = r
                 .curve
@@ -135,6 +154,9 @@ pub fn svg(runs: &[Run], target: Option<f64>, title: &str) -> String {
                 m.step
             );
         }
+    }
+    for (i, name) in names.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
         let y = TOP + 18.0 * i as f64 + 10.0;
         let _ = writeln!(
             s,
@@ -143,10 +165,10 @@ pub fn svg(runs: &[Run], target: Option<f64>, title: &str) -> String {
             W - RIGHT + 32.0,
             W - RIGHT + 38.0,
             y + 4.0,
-            escape(&r.name)
+            escape(name)
         );
     }
-    let y = TOP + 18.0 * runs.len() as f64 + 14.0;
+    let y = TOP + 18.0 * names.len() as f64 + 14.0;
     let _ = writeln!(
         s,
         r##"<circle cx="{}" cy="{y}" r="4" fill="#888"/><text x="{}" y="{}">growth event</text>"##,
@@ -158,7 +180,7 @@ pub fn svg(runs: &[Run], target: Option<f64>, title: &str) -> String {
         let y = y + 18.0;
         let _ = writeln!(
             s,
-            r##"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="#444" stroke-dasharray="5,4"/><text x="{}" y="{}">static-large final</text>"##,
+            r##"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="#444" stroke-dasharray="5,4"/><text x="{}" y="{}">target</text>"##,
             W - RIGHT + 12.0,
             W - RIGHT + 32.0,
             W - RIGHT + 38.0,

@@ -206,6 +206,9 @@ pub enum DataError {
     /// A [`Dataset`](crate::Dataset) was built from parts that do not fit together.
     #[error("inconsistent data set: {0}")]
     Shape(String),
+    /// A [`TeacherSpec`](crate::teacher_student::TeacherSpec) that cannot be built.
+    #[error("invalid teacher: {0}")]
+    BadTeacher(String),
 }
 
 fn join_paths(paths: &[PathBuf]) -> String {

@@ -25,6 +25,7 @@ mod error;
 mod gz;
 pub mod idx;
 mod split;
+pub mod teacher_student;
 
 pub use error::DataError;
 pub use split::{stratified_split, Split};

@@ -141,7 +141,7 @@ where
     let dev = Cpu::default();
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut net = build(spec.width, &mut rng).map_err(err)?;
-    let schedule = LrSchedule::new(spec.lr.clone());
+    let schedule = LrSchedule::new(spec.lr.clone()).map_err(|e| err(e.to_string()))?;
     let mut opt = adam(common, schedule.lr(0, 0.0)).map_err(err)?;
     let mut ctl = match &spec.grown {
         None => None,

@@ -4,7 +4,10 @@ use thiserror::Error;
 
 /// Why a growth or an optimizer step was refused.
 ///
-/// Every refusal leaves the model and the optimizer state exactly as they were.
+/// Every refused growth leaves the model and the optimizer state exactly as they were. An
+/// optimizer update checks the model's parameter names against its state before it writes
+/// anything; only a model whose mutable walk names other tensors than its read walk (a
+/// broken [`crate::Params`] implementation) can fail part-way through an update.
 #[derive(Debug, Clone, PartialEq, Error)]
 #[non_exhaustive]
 pub enum GrowError {

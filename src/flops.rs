@@ -2,9 +2,11 @@
 //!
 //! A multiply-add counts as two FLOPs. For a linear layer of `inp` inputs and `out` units on
 //! a batch of `b` rows: the forward product costs `2 b inp out`; the backward pass costs
-//! `4 b inp out` (the gradient of the weights and of the input: dfdx computes both, even for
-//! the first layer's data); the bias, the activation and its derivative, and the optimizer's
-//! element-wise update are counted as well, so nothing a step does is free.
+//! `4 b inp out` (the gradient of the weights and of the input; counted for the first layer
+//! too, so the figures do not depend on whether a loop feeds its data through
+//! [`crate::Data`], which skips that gradient); the bias, the activation and its derivative,
+//! and the optimizer's element-wise update are counted as well, so nothing a step does is
+//! free.
 
 /// FLOPs of one training step (forward, backward, optimizer update) of an MLP with these
 /// widths (input, hidden..., output) on a batch of `batch` rows.
@@ -32,12 +34,25 @@ pub fn train_step(widths: &[usize], batch: usize, update_flops_per_param: f64) -
     total
 }
 
-/// FLOPs of one forward pass (evaluation) on `rows` rows.
+/// FLOPs of one forward pass (evaluation) of an MLP with these widths on `rows` rows: each
+/// layer's product and bias, and the activation after each hidden layer. The one count of an
+/// MLP's forward pass ([`crate::Growable::forward_flops`] of [`crate::Mlp`] is it for one row).
+///
+/// ```
+/// // 3 -> 4: 24 + 4 (bias) + 4 (activation); 4 -> 2: 16 + 2 (bias).
+/// assert_eq!(dfdx_grow::flops::forward(&[3, 4, 2], 1), 50.0);
+/// ```
 pub fn forward(widths: &[usize], rows: usize) -> f64 {
     let r = rows as f64;
+    let layers = widths.len().saturating_sub(1);
     widths
         .windows(2)
-        .map(|w| 2.0 * r * w[0] as f64 * w[1] as f64 + 2.0 * r * w[1] as f64)
+        .enumerate()
+        .map(|(i, w)| {
+            let (inp, out) = (w[0] as f64, w[1] as f64);
+            let act = if i + 1 < layers { out } else { 0.0 };
+            r * (2.0 * inp * out + out + act)
+        })
         .sum()
 }
 

@@ -333,3 +333,22 @@ fn the_controller_grows_a_cnn_from_a_policy_file_and_it_checkpoints_by_name() {
     assert_eq!(other_opt.state(), opt.state());
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn a_padding_that_overflows_the_map_size_is_a_typed_error() {
+    let huge = ConvSpec {
+        channels: 2,
+        kernel: 3,
+        stride: 1,
+        padding: usize::MAX / 2 + 1,
+    };
+    let r = Cnn::<f32, Cpu>::new(
+        (1, 5, 5),
+        &[huge],
+        2,
+        Activation::Relu,
+        &Cpu::default(),
+        &mut rng(1),
+    );
+    assert!(r.is_err());
+}

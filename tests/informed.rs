@@ -476,6 +476,22 @@ fn rank_overflow_is_filled_with_zeros_out_units_and_reported() {
         assert_eq!(fan_in_zero, informed, "unit {u}");
     }
     assert_eq!(max_abs_diff(&before, &outputs(&mlp, &x)), 0.0);
+    // The filler units are today's ZerosOut units: fan-in norms at the old units' mean norm,
+    // bias at their mean bias (not the fresh fan-in that left most added units dead).
+    let b_in = tensor(&mlp, "layers.0.bias");
+    let norm = |u: usize| {
+        w_in[u * 8..(u + 1) * 8]
+            .iter()
+            .map(|v| v * v)
+            .sum::<f64>()
+            .sqrt()
+    };
+    let mean_norm = (0..6).map(norm).sum::<f64>() / 6.0;
+    let mean_bias = b_in[..6].iter().sum::<f64>() / 6.0;
+    for u in 8..11 {
+        assert!((norm(u) - mean_norm).abs() <= 1e-12 * mean_norm, "unit {u}");
+        assert!((b_in[u] - mean_bias).abs() <= 1e-12, "unit {u}");
+    }
 
     // TINY: its matrix is 9 x 3, with the same rank limit.
     let (mut mlp, x, y) = tanh_case(4, &[8, 6, 3], 40);

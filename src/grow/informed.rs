@@ -22,7 +22,6 @@ mod tiny;
 
 use rand::RngCore;
 
-use crate::sampling::uniform;
 use crate::{Activation, Expandable, GrowError, Init, LossProbe, NewUnits, Real};
 
 /// A row-major matrix of f64 on the host.
@@ -303,22 +302,29 @@ pub fn plan_informed<E: Real>(
             })
         }
     };
-    fill_zeros_out(&mut planned, producer, k, rng);
+    fill_zeros_out(&mut planned, producer, consumers, k, rng)?;
     Ok(planned)
 }
 
-/// Gives the units after the informed ones a fresh fan-in (their bias and fan-out stay
-/// zero): [`Init::ZerosOut`] units.
+/// Plans the units after the informed ones by the default init, [`Init::ZerosOut`] (a
+/// fan-in matched to the existing units' norms and mean bias, a zero fan-out): the fresh
+/// fan-in of [`Init::ZerosOutFresh`] is what left most added units dead (docs/new_units_findings.md).
 fn fill_zeros_out<E: Real>(
     planned: &mut InformedUnits<E>,
     producer: &dyn Expandable<E>,
+    consumers: &[&dyn Expandable<E>],
     k: usize,
     rng: &mut dyn RngCore,
-) {
-    let fan_in = producer.unit_fan_in();
+) -> Result<(), GrowError> {
     let rest = k - planned.informed;
-    let fresh: Vec<E> = uniform(rest * fan_in, producer.init_bound(), rng);
-    planned.units.fan_in[planned.informed * fan_in..].copy_from_slice(&fresh);
+    if rest == 0 {
+        return Ok(());
+    }
+    let filler = Init::ZerosOut.plan(producer, consumers, rest, rng)?;
+    let fan_in = producer.unit_fan_in();
+    planned.units.fan_in[planned.informed * fan_in..].copy_from_slice(&filler.fan_in);
+    planned.units.bias[planned.informed..].copy_from_slice(&filler.bias);
+    Ok(())
 }
 
 /// Zero weights for `k` units between `producer` and `consumers`.

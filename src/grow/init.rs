@@ -249,7 +249,7 @@ impl Init {
             Init::ZerosBoth => {}
             Init::ConstantFanIn { value } => units.fan_in = vec![cast(*value); k * fan_in],
             Init::CopyHalve | Init::CopyHalveNoise { .. } => {
-                copy_units(&mut units, producer, consumers, k, rng)?;
+                copy_units(self.name(), &mut units, producer, consumers, k, rng)?;
                 if let Init::CopyHalveNoise { std } = self {
                     let noise = Normal::new(0.0, *std).map_err(|e| GrowError::InitMismatch {
                         init: self.name(),
@@ -326,6 +326,7 @@ fn match_existing<E: Real>(units: &mut NewUnits<E>, producer: &dyn Expandable<E>
 /// Net2Net's split: each new unit copies a random existing unit (distinct while they last),
 /// and every copied unit's fan-out is shared equally among its copies, in every consumer.
 fn copy_units<E: Real>(
+    init: &'static str,
     units: &mut NewUnits<E>,
     producer: &dyn Expandable<E>,
     consumers: &[&dyn Expandable<E>],
@@ -335,7 +336,7 @@ fn copy_units<E: Real>(
     let (fan_in, width) = (producer.unit_fan_in(), producer.out_width());
     if width == 0 {
         return Err(GrowError::InitMismatch {
-            init: "CopyHalve",
+            init,
             reason: "there is no existing unit to copy".into(),
         });
     }
@@ -349,7 +350,7 @@ fn copy_units<E: Real>(
         copies[s] += 1;
     }
     let missing = |u: usize| GrowError::InitMismatch {
-        init: "CopyHalve",
+        init,
         reason: format!("unit {u} could not be read"),
     };
     let share = |s: usize| E::one() / E::from_usize(copies[s]).unwrap_or_else(E::one);
@@ -369,9 +370,8 @@ fn copy_units<E: Real>(
             }
         }
     }
-    for (s, &c) in copies.iter().enumerate().filter(|(_, &c)| c > 1) {
-        let _ = c;
-        units.rescale.push((s, share(s)));
-    }
+    units
+        .rescale
+        .extend((0..width).filter(|&s| copies[s] > 1).map(|s| (s, share(s))));
     Ok(())
 }

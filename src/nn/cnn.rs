@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::grow::site::DEFAULT_MAX_WIDTH;
 use crate::health::Activity;
-use crate::nn::conv::{Conv2d, FlatLinear, Images};
+use crate::nn::conv::{out_len, Conv2d, FlatLinear, Images};
 use crate::params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params};
 use crate::{
     Activation, Data, Expandable, GrowError, Growable, LossProbe, Probe, Real, Site, SiteMut,
@@ -127,11 +127,7 @@ impl<E: Real, D: Device<E>> Cnn<E, D> {
                     "convolution {i}: channels, kernel and stride must be at least 1"
                 )));
             }
-            let out = |n: usize| {
-                (n + 2 * s.padding)
-                    .checked_sub(s.kernel)
-                    .map(|d| d / s.stride + 1)
-            };
+            let out = |n: usize| out_len(n, s.kernel, s.stride, s.padding);
             let (Some(oh), Some(ow)) = (out(h), out(w)) else {
                 return Err(invalid(format!(
                     "convolution {i}: a {0}x{0} kernel does not fit a {h}x{w} map",

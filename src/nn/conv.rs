@@ -128,8 +128,9 @@ fn invalid(sizes: Vec<usize>, reason: impl Into<String>) -> GrowError {
     }
 }
 
-/// `(len + 2 * pad - k) / stride + 1`, or `None` when the kernel does not fit.
-fn out_len(len: usize, k: usize, stride: usize, pad: usize) -> Option<usize> {
+/// The output length of a convolution over `len` positions, or `None` when the kernel does
+/// not fit or the padded length overflows.
+pub(crate) fn out_len(len: usize, k: usize, stride: usize, pad: usize) -> Option<usize> {
     let padded = len.checked_add(pad.checked_mul(2)?)?;
     Some(padded.checked_sub(k)? / stride + 1)
 }

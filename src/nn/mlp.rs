@@ -417,12 +417,7 @@ impl<E: Real, D: Device<E>> Growable<E, D> for Mlp<E, D> {
     }
 
     fn forward_flops(&self) -> f64 {
-        let hidden: usize = self.layers[..self.hidden_layers()]
-            .iter()
-            .map(|l| l.out_width())
-            .sum();
-        // The products and biases, and the activation after each hidden layer.
-        self.layers.iter().map(|l| l.forward_flops()).sum::<f64>() + hidden as f64
+        crate::flops::forward(&self.widths(), 1)
     }
 
     fn train_flops(&self) -> f64 {

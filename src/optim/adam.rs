@@ -45,9 +45,11 @@ pub struct AdamConfig {
     /// mean over the tensor's existing entries of sqrt(v_hat))`, with `v_hat` Adam's
     /// bias-corrected second moment. A new unit's gradients are tiny (its fan-out starts at
     /// zero) and all of one sign when its inputs are non-negative; with the plain `eps` Adam
-    /// turns them into full-size steps that push most new units below zero for good. This
-    /// keeps their first steps in proportion to their gradients. `0` gives every weight
-    /// `eps` (the behaviour before). Default `0.03`.
+    /// turns them into full-size steps that push most new units below zero for good. The
+    /// cohort keeps this epsilon for every later update, not only its first: that keeps its
+    /// first steps in proportion to its gradients, and costs little later, because the
+    /// epsilon is fixed while the cohort's own `sqrt(v_hat)` grows as it learns. `0` gives
+    /// every weight `eps` (the behaviour before). Default `0.03`.
     #[serde(default = "default_new_unit_eps")]
     pub new_unit_eps: f64,
 }

@@ -8,8 +8,11 @@
 //! a `Gradients` entry, which can be swapped with the crate's own `Vec` state: the state is
 //! moved in for the call and back out, never copied. So [`adam_in_place`] and
 //! [`sgd_in_place`] run dfdx's kernels on the crate's state, bit for bit dfdx's `Adam` and
-//! `Sgd` (and so the crate's), for a tensor whose elements share one step count and learning
-//! rate (every tensor before a growth; every tensor under a global step count; SGD always).
+//! `Sgd` (and so the crate's), for a tensor whose blocks of elements share one update: the
+//! kernel's constants are equal for all of them (every tensor before a growth; a grown tensor
+//! under SGD or Adam's global step count, unless a new-unit learning rate or epsilon sets its
+//! new entries apart). A grown tensor under per-cohort Adam steps is updated on host copies,
+//! block by block.
 //!
 //! On other devices both fall back to host copies of the parameter and the same element loop.
 //!

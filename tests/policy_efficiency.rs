@@ -233,3 +233,14 @@ fn the_stop_rule_and_the_trigger_read_from_ron() {
     .to_string();
     assert!(e.contains("stop.min_gain"), "{e}");
 }
+
+#[test]
+fn firing_clears_the_window_so_an_unobeyed_decision_waits_for_a_fresh_window() {
+    // Nothing applies the decisions (no on_growth): a refused or declined decision must not
+    // make the policy ask again at the very next observation.
+    let mut p = Efficiency::new(spec(-0.0475, None));
+    let fired: Vec<u64> = (1..=24)
+        .filter(|&s| p.observe(&obs(s, -0.01, 1.0)).is_some())
+        .collect();
+    assert_eq!(fired, vec![8, 16, 24]);
+}

@@ -225,3 +225,83 @@ fn the_controller_reports_mostly_dead_cohorts_and_can_give_their_units_a_fresh_s
     );
     let _ = std::fs::remove_file(&log);
 }
+
+// --- Review item 10: per-cohort gradient norms; which activations are silent when off. ---
+
+use dfdx_grow::health::{site_health_with_grads, CohortHealth};
+
+#[test]
+fn only_relu_units_output_zero_when_inactive() {
+    let dev = Cpu::default();
+    let zs: Vec<f64> = (-40..=40).map(|i| i as f64 * 0.25).collect();
+    for act in Activation::ALL {
+        let out = act
+            .try_apply(dev.tensor_from_vec(zs.clone(), (zs.len(),)))
+            .unwrap()
+            .as_vec();
+        let inactive: Vec<f64> = zs
+            .iter()
+            .zip(&out)
+            .filter(|(&z, _)| !act.is_active(z))
+            .map(|(_, &y)| y)
+            .collect();
+        assert_eq!(act.zero_when_inactive(), act == Activation::Relu, "{act:?}");
+        if act.zero_when_inactive() {
+            assert!(inactive.iter().all(|&y| y == 0.0), "{act:?}");
+        } else if act != Activation::Identity {
+            // Identity is never inactive on a number; the others saturate away from zero.
+            assert!(inactive.iter().any(|&y| y != 0.0), "{act:?}: {inactive:?}");
+        }
+    }
+}
+
+#[test]
+fn cohort_gradient_norms_are_those_of_the_units_rows_and_columns() {
+    let dev = Cpu::default();
+    let mut r = rng(8);
+    let mut mlp = Mlp::<f64, Cpu>::new(&[3, 4, 2], Activation::Relu, &dev, &mut r);
+    // MirrorPairs: the new units have a fan-out, so their fan-in gets a gradient at once.
+    mlp.expand_hidden(0, 2, &Init::MirrorPairs, &mut r).unwrap();
+    let (x, y) = (
+        common::input::<f64>(&dev, 16, 3, &mut r),
+        common::one_hot::<f64>(&dev, 16, 2, &mut r),
+    );
+    let grads = mlp.try_alloc_grads().unwrap();
+    let loss = cross_entropy_with_logits_loss(mlp.forward(x.clone().traced(grads)), y.clone());
+    let mut grads = loss.backward();
+    let probe = Probe {
+        input: x,
+        target: None,
+    };
+    let a = probe.activity(&mlp, "hidden.0").unwrap();
+    let cohorts = [(0, 0..4), (1, 4..6)];
+    let h = site_health_with_grads(&mlp, "hidden.0", &a, &cohorts, &mut grads).unwrap();
+    // Directly: rows of layers.0.weight's gradient (3 columns), columns of layers.1.weight's
+    // (6 columns, 2 rows).
+    let g = common::grads_of(&mlp, &mut grads);
+    let norm = |v: Vec<f64>| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let fan_in = |u: usize| norm(g[0][u * 3..(u + 1) * 3].to_vec());
+    let fan_out = |u: usize| norm((0..2).map(|r| g[2][r * 6 + u]).collect());
+    for (c, (_, units)) in h.iter().zip(&cohorts) {
+        let n = units.len() as f64;
+        let want_in: f64 = units.clone().map(fan_in).sum::<f64>() / n;
+        let want_out: f64 = units.clone().map(fan_out).sum::<f64>() / n;
+        let (got_in, got_out) = (c.fan_in_grad_norm.unwrap(), c.fan_out_grad_norm.unwrap());
+        assert!(
+            (got_in - want_in).abs() <= 1e-12 * want_in.max(1.0),
+            "{got_in} vs {want_in}"
+        );
+        assert!(
+            (got_out - want_out).abs() <= 1e-12 * want_out.max(1.0),
+            "{got_out} vs {want_out}"
+        );
+    }
+    assert!(h[1].fan_in_grad_norm.unwrap() > 0.0 && h[1].fan_out_grad_norm.unwrap() > 0.0);
+    // Without gradients there are none; the record round-trips through JSON either way.
+    let plain = site_health(&mlp, "hidden.0", &a, &cohorts).unwrap();
+    assert_eq!(plain[1].fan_in_grad_norm, None);
+    for c in [&h[1], &plain[1]] {
+        let back: CohortHealth = serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap();
+        assert_eq!(&back, c);
+    }
+}

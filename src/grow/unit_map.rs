@@ -6,6 +6,7 @@
 
 use dfdx::prelude::{Device, Gradients};
 
+use crate::optim::Renewal;
 use crate::{GrowError, Growable, Real};
 
 /// Which part of a unit an entry is.
@@ -149,5 +150,49 @@ impl UnitMap {
         result?;
         let roots = |v: Vec<f64>| v.into_iter().map(f64::sqrt).collect();
         Ok((roots(fan_in), roots(fan_out)))
+    }
+
+    /// The rows and columns of every tensor that hold units `units` (fan-in, bias and
+    /// fan-out), for [`crate::optim::Optimizer::renew`]; an error when some tensor's entries
+    /// of those units are not whole rows and columns (the optimizer's state keeps births by
+    /// row and column).
+    pub(crate) fn renewals(&self, units: &[usize]) -> Result<Vec<Renewal>, String> {
+        let mut chosen = vec![false; self.width];
+        for &u in units.iter().filter(|&&u| u < self.width) {
+            chosen[u] = true;
+        }
+        let mut out = Vec::new();
+        for t in &self.tensors {
+            let (rows, cols) = t.dims;
+            let mut marked = vec![false; rows * cols];
+            let (mut per_row, mut per_col) = (vec![0usize; rows], vec![0usize; cols]);
+            for &(i, u, _) in &t.entries {
+                if chosen[u] && !marked[i] {
+                    marked[i] = true;
+                    per_row[i / cols] += 1;
+                    per_col[i % cols] += 1;
+                }
+            }
+            let full_rows: Vec<usize> = (0..rows).filter(|&r| per_row[r] == cols).collect();
+            let full_cols: Vec<usize> = (0..cols).filter(|&c| per_col[c] == rows).collect();
+            let covered = marked
+                .iter()
+                .enumerate()
+                .all(|(i, &m)| !m || per_row[i / cols] == cols || per_col[i % cols] == rows);
+            if !covered {
+                return Err(format!(
+                    "the units' entries of tensor {:?} are not whole rows and columns",
+                    t.name
+                ));
+            }
+            if !full_rows.is_empty() || !full_cols.is_empty() {
+                out.push(Renewal {
+                    tensor: t.name.clone(),
+                    rows: full_rows,
+                    cols: full_cols,
+                });
+            }
+        }
+        Ok(out)
     }
 }

@@ -704,3 +704,258 @@ fn a_run_resumed_from_a_checkpoint_after_a_crash_is_the_uninterrupted_run() {
         let _ = std::fs::remove_file(p);
     }
 }
+
+// --- Review item 1: the health checks due are part of the observation's transaction. ---
+
+/// Grows `hidden.0` by 2 at step 1; at step 5, while `broken` is set, names a site the model
+/// does not have (a policy file with a typo, fixed before the observation is made again).
+#[derive(Debug)]
+struct TypoAtStep5 {
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl dfdx_grow::policy::GrowthPolicy for TypoAtStep5 {
+    fn observe(&mut self, m: &Metrics) -> Option<dfdx_grow::policy::Decision> {
+        let broken = self.broken.load(std::sync::atomic::Ordering::SeqCst);
+        let site = match m.step {
+            1 => "hidden.0",
+            5 if broken => "hidden.9",
+            _ => return None,
+        };
+        Some(dfdx_grow::policy::Decision {
+            growths: vec![dfdx_grow::policy::Growth::Width {
+                site: site.into(),
+                k: 2,
+                init: dfdx_grow::Init::ZerosOut,
+            }],
+            policy: "typo".into(),
+            reason: "test".into(),
+            evidence: Default::default(),
+        })
+    }
+    fn name(&self) -> String {
+        "typo".into()
+    }
+    fn save_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    fn load_state(&mut self, _: &serde_json::Value) -> Result<(), dfdx_grow::policy::PolicyError> {
+        Ok(())
+    }
+}
+
+/// Sets the bias of units `units` of `layers.0` to `value`.
+fn set_hidden_bias(mlp: &mut Mlp<f64, Cpu>, units: &[usize], value: f64) {
+    mlp.visit_mut(&mut |name, mut p| {
+        if name == "layers.0.bias" {
+            let mut b = vec![0.0; p.as_ref().len()];
+            p.as_ref().copy_into(&mut b);
+            for &u in units {
+                b[u] = value;
+            }
+            p.copy_from(&b);
+        }
+    });
+}
+
+#[test]
+fn an_error_after_a_due_health_check_keeps_nothing_of_it_and_the_retry_runs_it() {
+    use dfdx_grow::{HealthAction, HealthCheck};
+    let dev = Cpu::default();
+    let mut r = rng(31);
+    let mut mlp = Mlp::<f64, Cpu>::new(&[4, 6, 3], Activation::Relu, &dev, &mut r);
+    let mut opt = Adam::<f64>::new(AdamConfig::default()).unwrap();
+    let probe = Probe {
+        input: input::<f64>(&dev, 8, 4, &mut r),
+        target: Some((one_hot::<f64>(&dev, 8, 3, &mut r), Loss::CrossEntropy)),
+    };
+    let log = temp("health-txn.jsonl");
+    let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let typo = TypoAtStep5 {
+        broken: broken.clone(),
+    };
+    let mut ctl = GrowthController::new(Box::new(typo), 3)
+        .with_audit(AuditLog::open(&log).unwrap())
+        .with_health(HealthCheck {
+            after_steps: 4,
+            dead_share: 0.5,
+            action: HealthAction::Reinitialise,
+        })
+        .unwrap();
+    let m64 = |mlp: &Mlp<f64, Cpu>, s| Metrics::of(mlp).step(s).build().unwrap();
+    for s in 1..=4 {
+        ctl.observe(&m64(&mlp, s), &mut mlp, &mut opt, Some(&probe))
+            .unwrap();
+    }
+    assert_eq!(mlp.widths(), vec![4, 8, 3]);
+    // The two new units never fire on the probe: the check due at step 5 finds them dead and
+    // would re-initialise them.
+    set_hidden_bias(&mut mlp, &[6, 7], -100.0);
+    let (records, weights, state, opt_state) = (
+        AuditLog::read(&log).unwrap(),
+        bits64(&mlp),
+        ctl.state(),
+        opt.save_state(),
+    );
+    let e = ctl
+        .observe(&m64(&mlp, 5), &mut mlp, &mut opt, Some(&probe))
+        .unwrap_err();
+    assert!(matches!(e, ControllerError::Policy(_)), "{e}");
+    assert_eq!(
+        AuditLog::read(&log).unwrap(),
+        records,
+        "a health record was kept"
+    );
+    assert_eq!(bits64(&mlp), weights, "the re-initialisation was kept");
+    assert_eq!(ctl.state(), state, "the check due was consumed");
+    assert_eq!(opt.save_state(), opt_state);
+
+    // The policy is fixed and the observation made again: the health check runs now.
+    broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    let out = ctl
+        .observe(&m64(&mlp, 5), &mut mlp, &mut opt, Some(&probe))
+        .unwrap();
+    assert_eq!(out, Outcome::Idle);
+    let after = AuditLog::read(&log).unwrap();
+    assert_eq!(after.len(), records.len() + 1);
+    let Some(AuditRecord::Health(h)) = after.last() else {
+        panic!("no health record: {after:?}")
+    };
+    assert_eq!((h.step, h.site.as_str()), (5, "hidden.0"));
+    assert_eq!((h.mostly_dead.clone(), h.reinitialised), (vec![1], 2));
+    assert_ne!(
+        bits64(&mlp),
+        weights,
+        "the dead units were not re-initialised"
+    );
+    let _ = std::fs::remove_file(&log);
+}
+
+// --- Review item 5: a refusal repeated in a row is written once, then summarised. ---
+
+#[test]
+fn identical_refusals_in_a_row_are_written_once_and_their_repeats_as_one_record() {
+    let dev = Cpu::default();
+    let mut mlp =
+        Mlp::<f64, Cpu>::new(&[4, 8, 6, 2], Activation::Relu, &dev, &mut rng(2)).with_max_width(8);
+    let mut opt = Adam::<f64>::new(AdamConfig::default()).unwrap();
+    // hidden.0 is at its cap: every growth of it is refused, identically; hidden.1 grows at 6.
+    let ron = "Schedule(events: [
+        (at: Step(1), target: Site(\"hidden.0\"), size: Fixed(1)),
+        (at: Step(2), target: Site(\"hidden.0\"), size: Fixed(1)),
+        (at: Step(3), target: Site(\"hidden.0\"), size: Fixed(1)),
+        (at: Step(4), target: Site(\"hidden.0\"), size: Fixed(1)),
+        (at: Step(5), target: Site(\"hidden.0\"), size: Fixed(1)),
+        (at: Step(6), target: Site(\"hidden.1\"), size: Fixed(1)),
+        (at: Step(7), target: Site(\"hidden.0\"), size: Fixed(1)),
+        (at: Step(8), target: Site(\"hidden.0\"), size: Fixed(1)),
+    ])";
+    let log = temp("refusals.jsonl");
+    let mut ctl = GrowthController::new(policy(ron), 1).with_audit(AuditLog::open(&log).unwrap());
+    let mut refused = 0;
+    for s in 1..=8 {
+        let m = Metrics::of(&mlp).step(s).build().unwrap();
+        let out = ctl.observe(&m, &mut mlp, &mut opt, None).unwrap();
+        refused += u64::from(matches!(out, Outcome::Refused(_)));
+    }
+    assert_eq!(refused, 7, "every refusal is still an outcome");
+    ctl.flush().unwrap();
+    let summary: Vec<(&str, Option<u64>, u64, u64)> = AuditLog::read(&log)
+        .unwrap()
+        .iter()
+        .map(|r| match r {
+            AuditRecord::Refused(e) => ("refused", e.first_step, e.step, e.count),
+            AuditRecord::Growth(g) => ("growth", None, g.step, 1),
+            _ => ("other", None, 0, 0),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("refused", None, 1, 1),
+            ("refused", Some(2), 5, 4),
+            ("growth", None, 6, 1),
+            ("refused", None, 7, 1),
+            ("refused", Some(8), 8, 1),
+        ]
+    );
+    let _ = std::fs::remove_file(&log);
+}
+
+// --- Review item 9: a summary flushed at drop after a checkpoint is not written again. ---
+
+#[test]
+fn a_summary_written_when_the_controller_dropped_is_not_written_again_after_resume() {
+    let dev = Cpu::default();
+    let mut mlp = Mlp::<f64, Cpu>::new(&[4, 8, 2], Activation::Relu, &dev, &mut rng(0));
+    let mut opt = Adam::<f64>::new(AdamConfig::default()).unwrap();
+    let declines = "Limits(max_events: 1, policy: Schedule(events: [
+        (at: Step(2), target: Layer(0), size: Fixed(1)),
+        (at: Step(3), target: Layer(0), size: Fixed(1)),
+        (at: Step(4), target: Layer(0), size: Fixed(1)),
+        (at: Step(5), target: Layer(0), size: Fixed(1)),
+    ]))";
+    let log = temp("drop-resume.jsonl");
+    let mut ctl =
+        GrowthController::new(policy(declines), 0).with_audit(AuditLog::open(&log).unwrap());
+    for s in 2..=4 {
+        let m = Metrics::of(&mlp).step(s).build().unwrap();
+        ctl.observe(&m, &mut mlp, &mut opt, None).unwrap();
+    }
+    // A checkpoint, then a graceful exit: dropping the controller writes the summary.
+    let state = ctl.state();
+    drop(ctl);
+    let mut ctl =
+        GrowthController::new(policy(declines), 0).with_audit(AuditLog::open(&log).unwrap());
+    ctl.restore(&state).unwrap();
+    let m = Metrics::of(&mlp).step(5).build().unwrap();
+    ctl.observe(&m, &mut mlp, &mut opt, None).unwrap();
+    drop(ctl);
+    let declined: Vec<(u64, u64, u64)> = AuditLog::read(&log)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            AuditRecord::Declined(d) => Some((d.first_step, d.step, d.count)),
+            _ => None,
+        })
+        .collect();
+    // Three declines (steps 3, 4, 5), each counted once.
+    assert_eq!(declined, vec![(3, 4, 2), (5, 5, 1)]);
+
+    // The same for repeated refusals, with the state restored before the log is given.
+    let mut capped =
+        Mlp::<f64, Cpu>::new(&[4, 8, 2], Activation::Relu, &dev, &mut rng(0)).with_max_width(8);
+    let refusals = "Schedule(events: [
+        (at: Step(1), target: Layer(0), size: Fixed(1)),
+        (at: Step(2), target: Layer(0), size: Fixed(1)),
+        (at: Step(3), target: Layer(0), size: Fixed(1)),
+        (at: Step(4), target: Layer(0), size: Fixed(1)),
+    ])";
+    let log = temp("drop-resume-refused.jsonl");
+    let mut ctl =
+        GrowthController::new(policy(refusals), 0).with_audit(AuditLog::open(&log).unwrap());
+    for s in 1..=3 {
+        let m = Metrics::of(&capped).step(s).build().unwrap();
+        ctl.observe(&m, &mut capped, &mut opt, None).unwrap();
+    }
+    let state = ctl.state();
+    drop(ctl);
+    let mut ctl = GrowthController::new(policy(refusals), 0);
+    ctl.restore(&state).unwrap();
+    let mut ctl = ctl.with_audit(AuditLog::open(&log).unwrap());
+    let m = Metrics::of(&capped).step(4).build().unwrap();
+    ctl.observe(&m, &mut capped, &mut opt, None).unwrap();
+    drop(ctl);
+    let refused: Vec<(Option<u64>, u64, u64)> = AuditLog::read(&log)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            AuditRecord::Refused(e) => Some((e.first_step, e.step, e.count)),
+            _ => None,
+        })
+        .collect();
+    // Four refusals: the first in full, its repeats at 2-3 written at the drop, then (the run
+    // over) the one at 4 in full.
+    assert_eq!(refused, vec![(None, 1, 1), (Some(2), 3, 2), (None, 4, 1)]);
+    let _ = std::fs::remove_file(&log);
+}

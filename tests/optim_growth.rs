@@ -460,3 +460,51 @@ fn new_unit_lr_boosts_only_new_weights_and_only_for_its_steps() {
         })
     ));
 }
+
+#[test]
+fn renewed_rows_and_columns_get_zero_state_and_a_birth_of_their_own() {
+    use dfdx_grow::optim::{Cohort, TensorState};
+    let c = |start, born, eps| Cohort { start, born, eps };
+    // A 4 x 5 tensor grown at step 3 by a row and two columns.
+    let mut t = TensorState::<f64>::new("w", (3, 3), 2, 0);
+    t.buffers = vec![vec![1.0; 9]; 2];
+    t.resize((4, 5), 3, Some(0.5));
+    for b in &mut t.buffers {
+        b.iter_mut().for_each(|x| *x += 2.0);
+    }
+    t.renew(&[1, 3], &[4], 9, Some(0.25));
+    assert_eq!(
+        t.rows,
+        vec![
+            c(0, 0, None),
+            c(1, 9, Some(0.25)),
+            c(2, 0, None),
+            c(3, 9, Some(0.25))
+        ]
+    );
+    assert_eq!(
+        t.cols,
+        vec![c(0, 0, None), c(3, 3, Some(0.5)), c(4, 9, Some(0.25))]
+    );
+    for b in &t.buffers {
+        for (i, &x) in b.iter().enumerate() {
+            let (r, col) = (i / 5, i % 5);
+            let renewed = r == 1 || r == 3 || col == 4;
+            assert_eq!(x == 0.0, renewed, "entry ({r}, {col})");
+        }
+    }
+    t.validate(2, 9).unwrap();
+    // Each entry's birth is the later of its row's and its column's.
+    let mut births = [0; 20];
+    t.for_each_block(|born, _, ranges| {
+        for r in ranges {
+            births[r].iter_mut().for_each(|b| *b = born);
+        }
+    });
+    assert_eq!(&births[5..10], &[9; 5]);
+    assert_eq!(&births[10..15], &[0, 0, 0, 3, 9]);
+    // Renewing nothing changes nothing.
+    let before = t.clone();
+    t.renew(&[], &[], 10, None);
+    assert_eq!(t, before);
+}

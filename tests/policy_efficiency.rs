@@ -233,3 +233,67 @@ fn the_stop_rule_and_the_trigger_read_from_ron() {
     .to_string();
     assert!(e.contains("stop.min_gain"), "{e}");
 }
+
+#[test]
+fn firing_clears_the_window_so_an_unobeyed_decision_waits_for_a_fresh_window() {
+    // Nothing applies the decisions (no on_growth): a refused or declined decision must not
+    // make the policy ask again at the very next observation.
+    let mut p = Efficiency::new(spec(-0.0475, None));
+    let fired: Vec<u64> = (1..=24)
+        .filter(|&s| p.observe(&obs(s, -0.01, 1.0)).is_some())
+        .collect();
+    assert_eq!(fired, vec![8, 16, 24]);
+}
+
+#[test]
+fn at_a_width_cap_twenty_observations_write_one_refusal_and_one_summary_of_its_repeats() {
+    use dfdx_grow::audit::{AuditLog, AuditRecord};
+    use dfdx_grow::dfdx::prelude::Cpu;
+    use dfdx_grow::optim::{Adam, AdamConfig};
+    use dfdx_grow::policy::policy_from_str;
+    use dfdx_grow::rand::{rngs::StdRng, SeedableRng};
+    use dfdx_grow::{Activation, GrowthController, Mlp, Outcome};
+
+    let log = std::env::temp_dir().join(format!("dfdx-grow-eff-cap-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let dev = Cpu::default();
+    let mut mlp = Mlp::<f64, Cpu>::new(
+        &[4, 8, 2],
+        Activation::Relu,
+        &dev,
+        &mut StdRng::seed_from_u64(0),
+    )
+    .with_max_width(8);
+    let mut opt = Adam::<f64>::new(AdamConfig::default()).unwrap();
+    // A flat loss: the slope (0) is always above the threshold.
+    let policy = policy_from_str(
+        "Efficiency(monitor: Train, window: 3, threshold: -10.0, target: Layer(0), size: Fixed(4))",
+        "inline",
+    )
+    .unwrap();
+    let mut ctl = GrowthController::new(policy, 0).with_audit(AuditLog::open(&log).unwrap());
+    let mut refusals = 0;
+    for s in 1..=20u64 {
+        let m = Metrics::of(&mlp)
+            .step(s)
+            .train_loss(1.0)
+            .flops(s as f64 * 1e6)
+            .build()
+            .unwrap();
+        let out = ctl.observe(&m, &mut mlp, &mut opt, None).unwrap();
+        refusals += u64::from(matches!(out, Outcome::Refused(_)));
+    }
+    drop(ctl);
+    // It asks once a window (steps 3, 6, ..., 18), not at every observation.
+    assert_eq!(refusals, 6);
+    let refused: Vec<(Option<u64>, u64, u64)> = AuditLog::read(&log)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            AuditRecord::Refused(e) => Some((e.first_step, e.step, e.count)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, vec![(None, 3, 1), (Some(6), 18, 5)]);
+    let _ = std::fs::remove_file(&log);
+}

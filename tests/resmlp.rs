@@ -334,3 +334,66 @@ fn the_controller_widens_and_deepens_a_resmlp_from_a_policy_file() {
     );
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn a_depth_growth_is_labelled_as_what_deepen_does_and_is_not_health_checked() {
+    use dfdx_grow::audit::{AuditLog, AuditRecord};
+    use dfdx_grow::policy::{policy_from_str, Metrics};
+    use dfdx_grow::{GrowthController, HealthAction, HealthCheck, Loss, Probe};
+    let dev = Cpu::default();
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut net = ResMlp::<f64, Cpu>::new(4, 6, &[5], 3, Activation::Relu, &dev, &mut rng).unwrap();
+    let mut opt = Adam::<f64>::new(AdamConfig::default()).unwrap();
+    let log = std::env::temp_dir().join(format!(
+        "dfdx-grow-resmlp-depth-{}.jsonl",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&log);
+    let policy = policy_from_str(
+        "Schedule(events: [
+            (at: Step(1), grow: Depth(after: \"blocks.0\", hidden: 4)),
+            (at: Step(2), target: Site(\"blocks.0.hidden\"), size: Fixed(2)),
+        ])",
+        "inline",
+    )
+    .unwrap();
+    let mut ctl = GrowthController::new(policy, 1)
+        .with_audit(AuditLog::open(&log).unwrap())
+        .with_health(HealthCheck {
+            after_steps: 1,
+            dead_share: 0.5,
+            action: HealthAction::Report,
+        })
+        .unwrap();
+    let y: Vec<f64> = (0..8 * 3)
+        .map(|i| f64::from(u8::from(i % 3 == (i / 3) % 3)))
+        .collect();
+    let probe = Probe {
+        input: input::<f64>(&dev, 8, 4, &mut rng),
+        target: Some((dev.tensor_from_vec(y, (8, 3)), Loss::CrossEntropy)),
+    };
+    for s in 1..=4 {
+        let m = Metrics::of(&net).step(s).build().unwrap();
+        ctl.observe(&m, &mut net, &mut opt, Some(&probe)).unwrap();
+    }
+    let records = AuditLog::read(&log).unwrap();
+    let depth = ctl.events().iter().find(|e| e.after.is_some()).unwrap();
+    // ResMlp::deepen draws the block's first layer like a fresh one, its output layer zero.
+    assert_eq!(
+        (depth.site.as_str(), &depth.init),
+        ("blocks.1", &Init::ZerosOutFresh)
+    );
+    let health: Vec<&str> = records
+        .iter()
+        .filter_map(|r| match r {
+            AuditRecord::Health(h) => Some(h.site.as_str()),
+            _ => None,
+        })
+        .collect();
+    // Only the width growth is checked, and it is measured.
+    assert_eq!(health, vec!["blocks.0.hidden"]);
+    assert!(records
+        .iter()
+        .all(|r| !matches!(r, AuditRecord::Health(h) if h.note.is_some())));
+    let _ = std::fs::remove_file(&log);
+}

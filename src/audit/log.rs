@@ -252,6 +252,16 @@ impl AuditLog {
     }
 }
 
+/// The last line of the log at `path`, if it is a record (streaming: only one line is kept).
+pub(crate) fn last_record(path: &Path) -> Result<Option<AuditRecord>, AuditError> {
+    let mut last = None;
+    for_each_line(path, |_, text| {
+        last = text.ok().and_then(|t| serde_json::from_slice(t).ok());
+        Ok(())
+    })?;
+    Ok(last)
+}
+
 /// The longest line [`AuditLog::read`] and [`AuditLog::read_lenient`] accept (records are a
 /// few hundred bytes; this bounds the memory a damaged or foreign file can take).
 pub const MAX_LINE_BYTES: usize = 64 << 20;

@@ -22,6 +22,7 @@ mod log;
 pub(crate) mod num;
 mod table;
 
+pub(crate) use log::last_record;
 pub use log::{AuditError, AuditLog, BadLine, LenientRead, Repair, MAX_LINE_BYTES};
 pub use table::summary_table;
 
@@ -38,7 +39,9 @@ pub struct GrowthEvent {
     pub old_width: usize,
     /// Width after (the new block's hidden width).
     pub new_width: usize,
-    /// Init of the new units.
+    /// Init of the new units; for a new block, [`Init::ZerosOutFresh`]: what
+    /// [`crate::Growable::deepen`] promises (a first layer drawn like a fresh layer, its bias
+    /// too for [`crate::ResMlp`], and an output projection of zero).
     pub init: Init,
     /// For a new block: the block it was inserted after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,9 +102,15 @@ pub struct DeclinedEvent {
 
 /// A decision the controller could not carry out (the model refused it, or the probe loss
 /// rose and it was undone); the model, the optimizer and the policy's counts are as before.
+///
+/// A refusal identical to the one written before it (same policy, growths and `why`: a
+/// policy that keeps asking past a width cap) is not written again; the repeats in a row
+/// are written as one record once something else is written or the controller flushes, with
+/// their `count` and `first_step` (its other fields are the first repeat's, `step` and
+/// `epoch` the last's).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RefusedEvent {
-    /// Step of the decision.
+    /// Step of the decision (of the last one, for a summary of repeats).
     pub step: u64,
     /// Epochs completed.
     pub epoch: u64,
@@ -119,6 +128,20 @@ pub struct RefusedEvent {
     /// ... and after (the rise that undid it).
     #[serde(with = "num::opt_float", default)]
     pub loss_after: Option<f64>,
+    /// How many refusals the record stands for (more than 1 only for a summary of repeats).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u64,
+    /// For a summary of repeats: the step of the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_step: Option<u64>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
 }
 
 /// One line of the log; `kind` is `"growth"`, `"declined"`, `"refused"`, `"undone"` or

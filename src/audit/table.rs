@@ -76,7 +76,10 @@ pub fn summary_table(records: &[AuditRecord]) -> String {
                 opt(e.loss_before),
                 opt(e.loss_after),
                 e.policy.clone(),
-                e.why.clone(),
+                match e.first_step {
+                    Some(first) => format!("{} (x{} since step {first})", e.why, e.count),
+                    None => e.why.clone(),
+                },
             ],
             AuditRecord::Health(h) => {
                 let s = crate::health::NewUnitsSummary::of(&h.cohorts);

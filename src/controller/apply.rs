@@ -68,6 +68,8 @@ impl GrowthController {
             growths: d.growths.clone(),
             loss_before: before,
             loss_after: after,
+            count: 1,
+            first_step: None,
         };
         let backup = model.clone();
         // Each decision draws from its own stream, derived from the seed and the number of
@@ -101,17 +103,16 @@ impl GrowthController {
             }
         }
         if let (Some(p), Some(before)) = (probe, loss_before) {
-            let after = p.loss(model);
-            // A NaN loss after growth counts as a rise.
-            let allowed = before + self.loss_tolerance * before.abs().max(1e-12);
-            if after.is_nan() || after > allowed {
-                *model = backup;
-                return Outcome::Undone(refused(
-                    format!("the probe loss rose from {before} to {after}"),
-                    Some(before),
-                    Some(after),
-                ));
-            }
+            let after = match self.undo_if_loss_rose(p, model, &backup, before) {
+                Ok(after) => after,
+                Err(after) => {
+                    return Outcome::Undone(refused(
+                        format!("the probe loss rose from {before} to {after}"),
+                        Some(before),
+                        Some(after),
+                    ))
+                }
+            };
             for e in &mut events {
                 e.loss_before = Some(before);
                 e.loss_after = Some(after);
@@ -128,6 +129,26 @@ impl GrowthController {
             return Outcome::Refused(refused(e.to_string(), loss_before, None));
         }
         Outcome::Grown(events)
+    }
+
+    /// Measures the probe loss after a change of `model` from `backup`, whose loss was
+    /// `before`: `Ok(after)`, or, when it rose past the loss tolerance (a NaN counts as a
+    /// rise), `Err(after)` with `backup` put back. Growths and health re-initialisations both
+    /// answer to it.
+    pub(super) fn undo_if_loss_rose<M: Clone>(
+        &self,
+        probe: &dyn LossProbe<M>,
+        model: &mut M,
+        backup: &M,
+        before: f64,
+    ) -> Result<f64, f64> {
+        let after = probe.loss(model);
+        let allowed = before + self.loss_tolerance * before.abs().max(1e-12);
+        if after.is_nan() || after > allowed {
+            *model = backup.clone();
+            return Err(after);
+        }
+        Ok(after)
     }
 
     pub(super) fn grow_one<E: Real, D: Device<E>, M: Growable<E, D>>(
@@ -178,7 +199,11 @@ impl GrowthController {
                     opt.state_buffers(),
                 )?;
                 let block = model.deepen(after, *hidden, rng)?;
-                (block, 0, *hidden, Init::ZerosOut, Some(after.clone()))
+                // What `deepen` promises: a first layer drawn like a fresh one, an output
+                // projection of zero. Its tensors get fresh optimizer state with the kernel's
+                // own epsilon (the new-unit epsilon is relative to a tensor's existing
+                // entries, and a new block's tensors have none).
+                (block, 0, *hidden, Init::ZerosOutFresh, Some(after.clone()))
             }
         };
         Ok(GrowthEvent {

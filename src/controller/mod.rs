@@ -1,10 +1,10 @@
 //! The growth controller: the one object a training loop holds.
 //!
-//! One observation is a transaction: the health checks that are due, then the policy's
-//! decision, carried out on the model ([`apply`]), the refused growths summarised
+//! One observation is a transaction: the health checks that are due ([`health`]), then the
+//! policy's decision, carried out on the model ([`apply`]), repeated records summarised
 //! ([`declined`]), all records written in one write; on any error the model, the optimizer,
-//! the policy state, the events and the log are as they were. [`state`] saves and restores
-//! what a resumed run needs.
+//! the policy state, the health checks due, the events and the log are as they were.
+//! [`state`] saves and restores what a resumed run needs.
 
 mod apply;
 mod declined;
@@ -14,15 +14,15 @@ mod state;
 pub use health::{HealthAction, HealthCheck};
 pub use state::ControllerState;
 
-use declined::PendingDeclined;
+use declined::{PendingDeclined, RefusedRun};
 use health::HealthDue;
 
 use dfdx::prelude::Device;
 
 use crate::audit::{AuditError, AuditLog, AuditRecord, GrowthEvent, RefusedEvent};
 use crate::lr::LrSchedule;
-use crate::optim::Optimizer;
-use crate::policy::{GrowthPolicy, Metrics, PolicyError};
+use crate::optim::{Optimizer, Renewal};
+use crate::policy::{Decision, GrowthPolicy, Metrics, PolicyError};
 use crate::{GrowError, Growable, LossProbe, Real, ShrinkPerturb};
 
 /// What the controller could not do; the model, the optimizer, the policy state, the event
@@ -120,6 +120,7 @@ pub struct GrowthController {
     health: Option<HealthCheck>,
     health_due: Vec<HealthDue>,
     pending_declined: Option<PendingDeclined>,
+    refused_run: Option<RefusedRun>,
     /// The site names the policy was last checked against.
     checked_sites: Option<Vec<String>>,
     lr_schedule: Option<LrSchedule>,
@@ -139,6 +140,7 @@ impl GrowthController {
             health: None,
             health_due: Vec::new(),
             pending_declined: None,
+            refused_run: None,
             checked_sites: None,
             lr_schedule: None,
             shrink_perturb: None,
@@ -190,6 +192,8 @@ impl GrowthController {
     /// Records every growth, refusal, undone growth and health check in `log`.
     pub fn with_audit(mut self, log: AuditLog) -> Self {
         self.audit = Some(log);
+        // A state restored before the log was given: see `restore`.
+        self.forget_pending_already_logged();
         self
     }
 
@@ -215,9 +219,11 @@ impl GrowthController {
         self
     }
 
-    /// Measures every growth's cohorts on the probe batch `check.after_steps` steps later and
-    /// writes a `health` record; a mostly dead cohort is reported (and re-initialised if the
-    /// check asks).
+    /// Measures every width growth's cohorts on the probe batch `check.after_steps` steps
+    /// later and writes a `health` record; a mostly dead cohort is reported (and its dead
+    /// units re-initialised if the check asks: see [`HealthAction::Reinitialise`]). A new
+    /// block (depth growth) is not checked: all its units are new, with no original ones to
+    /// compare them with.
     pub fn with_health(mut self, check: HealthCheck) -> Result<Self, ControllerError> {
         if !(0.0..=1.0).contains(&check.dead_share) {
             return Err(ControllerError::Setting {
@@ -248,12 +254,14 @@ impl GrowthController {
 
     /// Shows `m` (built from `model` with [`Metrics::of`]) to the policy; when it decides,
     /// grows `model`, pads `opt`'s state, checks the loss on `probe` (when given), records
-    /// everything in the audit log, and says what came of it.
+    /// everything in the audit log, and says what came of it. The health checks that are due
+    /// ([`GrowthController::with_health`]) run first, in the same transaction.
     ///
     /// A refused or undone decision leaves the model and the optimizer exactly as they were
     /// and is reported to the policy (so it does not count as a growth); it is an
     /// [`Outcome`], not an error. An error means nothing of this call was kept: the model,
-    /// the optimizer, the policy state, the events and the log are as before.
+    /// the optimizer, the policy state, the health checks due, the events and the log are as
+    /// before, so the same observation can be made again.
     pub fn observe<E: Real, D: Device<E>, M: Growable<E, D>>(
         &mut self,
         m: &Metrics,
@@ -261,80 +269,34 @@ impl GrowthController {
         opt: &mut dyn Optimizer<E, D>,
         probe: Option<&dyn LossProbe<M>>,
     ) -> Result<Outcome, ControllerError> {
-        // Health checks first, a transaction of their own: a failure leaves everything as it
-        // was, before the policy sees this observation.
-        self.check_health(m, model, probe)?;
-        let names = m.site_names();
-        if self.checked_sites.as_ref() != Some(&names) {
-            self.policy.check(m)?;
-            self.checked_sites = Some(names);
-        }
+        // Everything the call may change before its one log write, as it was; the model's
+        // copy shares its tensors until one is written (copy on write).
+        let model_before = model.clone();
         let policy_before = self.policy.save_state();
-        let (pending_before, due_before) = (self.pending_declined.clone(), self.health_due.clone());
-        let decision = self.policy.observe(m);
-        let mut records = Vec::new();
-        for d in self.policy.take_declined() {
-            self.count_declined(&d, &mut records);
-        }
-        if let Some(d) = &decision {
-            if let Err(e) = self.check_places(d, m, model) {
-                // The policy sees this observation again once its file is fixed.
+        let pending_before = (self.pending_declined.clone(), self.refused_run.clone());
+        let due_before = self.health_due.clone();
+        let (decision, outcome, renewals) = match self.decide(m, model, &*opt, probe) {
+            Ok(done) => done,
+            Err(e) => {
+                *model = model_before;
+                // The snapshot was produced by this very policy, so it loads.
                 let _ = self.policy.load_state(&policy_before);
-                self.pending_declined = pending_before;
-                return Err(e.into());
+                (self.pending_declined, self.refused_run) = pending_before;
+                self.health_due = due_before;
+                return Err(e);
             }
-        }
-        let backup = decision.as_ref().map(|_| model.clone());
-        let outcome = match &decision {
-            None => Outcome::Idle,
-            Some(d) => self.apply(d, m, model, &*opt, probe),
         };
-        match &outcome {
-            Outcome::Idle => {}
-            Outcome::Grown(events) => {
-                self.flush_declined(&mut records);
-                records.extend(events.iter().cloned().map(AuditRecord::Growth));
-            }
-            Outcome::Refused(r) => {
-                self.flush_declined(&mut records);
-                records.push(AuditRecord::Refused(r.clone()));
-            }
-            Outcome::Undone(r) => {
-                self.flush_declined(&mut records);
-                records.push(AuditRecord::Undone(r.clone()));
-            }
-        }
-        if let Outcome::Grown(events) = &outcome {
-            if let Some(h) = &self.health {
-                for e in events {
-                    self.health_due.push(HealthDue {
-                        site: e.site.clone(),
-                        at_step: m.step.saturating_add(h.after_steps),
-                    });
-                }
-            }
-        }
-        let written = match (&mut self.audit, records.is_empty()) {
-            (Some(log), false) => log.append_all(&records),
-            _ => Ok(()),
-        };
-        if let Err(e) = written {
-            if let Some(b) = backup {
-                *model = b;
-            }
-            // The snapshot was produced by this very policy, so it loads.
-            let _ = self.policy.load_state(&policy_before);
-            self.pending_declined = pending_before;
-            self.health_due = due_before;
-            return Err(e.into());
+        // Written: now the optimizer. Both were checked before the write; should a device
+        // error still stop them, `update` pads at the next step, which is just as correct,
+        // and re-initialised units keep their old moments.
+        if !renewals.is_empty() {
+            let _ = opt.renew(model, &renewals);
         }
         match (&decision, &outcome) {
             (Some(d), Outcome::Grown(events)) => {
                 if let Some(s) = &mut self.lr_schedule {
                     s.on_growth(m.step, m.flops);
                 }
-                // Checked in `apply` before anything was written; should a device error still
-                // stop it, the optimizer pads at its next update, which is just as correct.
                 let _ = opt.sync(model);
                 self.policy.on_growth(d);
                 self.events.extend(events.iter().cloned());
@@ -349,6 +311,63 @@ impl GrowthController {
             let _ = opt.set_lr(s.lr(m.step, m.flops));
         }
         Ok(outcome)
+    }
+
+    /// The part of [`GrowthController::observe`] that can fail, up to and including the log
+    /// write; the caller puts everything back on error.
+    fn decide<E: Real, D: Device<E>, M: Growable<E, D>>(
+        &mut self,
+        m: &Metrics,
+        model: &mut M,
+        opt: &dyn Optimizer<E, D>,
+        probe: Option<&dyn LossProbe<M>>,
+    ) -> Result<(Option<Decision>, Outcome, Vec<Renewal>), ControllerError> {
+        let mut records = Vec::new();
+        let renewals = self.run_health(m, model, opt, probe, &mut records);
+        let names = m.site_names();
+        if self.checked_sites.as_ref() != Some(&names) {
+            self.policy.check(m)?;
+            self.checked_sites = Some(names);
+        }
+        let decision = self.policy.observe(m);
+        for d in self.policy.take_declined() {
+            self.count_declined(&d, &mut records);
+        }
+        if let Some(d) = &decision {
+            // The policy sees this observation again once its file is fixed.
+            self.check_places(d, m, model)?;
+        }
+        let outcome = match &decision {
+            None => Outcome::Idle,
+            Some(d) => self.apply(d, m, model, opt, probe),
+        };
+        match &outcome {
+            Outcome::Idle => {}
+            Outcome::Grown(events) => {
+                self.flush_declined(&mut records);
+                self.end_refused_run(&mut records);
+                records.extend(events.iter().cloned().map(AuditRecord::Growth));
+            }
+            Outcome::Refused(r) => self.count_refused(r, &mut records),
+            Outcome::Undone(r) => {
+                self.flush_declined(&mut records);
+                self.end_refused_run(&mut records);
+                records.push(AuditRecord::Undone(r.clone()));
+            }
+        }
+        if let (Outcome::Grown(events), Some(h)) = (&outcome, &self.health) {
+            // Width growths only: see `with_health`.
+            for e in events.iter().filter(|e| e.after.is_none()) {
+                self.health_due.push(HealthDue {
+                    site: e.site.clone(),
+                    at_step: m.step.saturating_add(h.after_steps),
+                });
+            }
+        }
+        if let (Some(log), false) = (&mut self.audit, records.is_empty()) {
+            log.append_all(&records)?;
+        }
+        Ok((decision, outcome, renewals))
     }
 }
 

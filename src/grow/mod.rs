@@ -10,6 +10,7 @@ pub(crate) mod perturb;
 pub(crate) mod report;
 pub mod sampling;
 pub(crate) mod site;
+pub(crate) mod unit_map;
 
 pub use expandable::{grow_between, Expandable};
 pub use init::{Init, NewUnits};

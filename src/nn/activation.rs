@@ -60,6 +60,15 @@ impl Activation {
         }
     }
 
+    /// Whether a unit that [`Activation::is_active`] calls inactive outputs exactly zero
+    /// (ReLU: `relu(z) = 0` for `z <= 0`). Only then does a unit inactive on every example of
+    /// a batch add nothing on it, so that re-initialising it leaves the function unchanged on
+    /// that batch. Not for tanh, sigmoid or GELU: their inactive units saturate at values
+    /// other than zero (about +-1; 0 or 1; down to -0.17), which their fan-out carries on.
+    pub fn zero_when_inactive(self) -> bool {
+        matches!(self, Activation::Relu)
+    }
+
     /// The activation's value at 0.
     pub fn at_zero(self) -> f64 {
         match self {

@@ -364,7 +364,6 @@ impl<E: Real, D: Device<E>> LossProbe<Cnn<E, D>> for Probe<E, D> {
     fn activity(&self, model: &Cnn<E, D>, site: &str) -> Option<Activity> {
         let i: usize = site.strip_prefix("convs.")?.parse().ok()?;
         let (pre, ch) = model.pre_activations(i, &self.input).ok()?;
-        let act = model.act;
-        Activity::from_pre_activations(&pre, ch, |z| act.is_active(z)).ok()
+        Activity::of_activation(&pre, ch, model.act).ok()
     }
 }

@@ -443,9 +443,7 @@ impl<E: Real, D: Device<E>> LossProbe<Mlp<E, D>> for Probe<E, D> {
     fn activity(&self, model: &Mlp<E, D>, site: &str) -> Option<Activity> {
         let i: usize = site.strip_prefix("hidden.")?.parse().ok()?;
         let pre = model.pre_activations(i, &self.input).ok()?;
-        let act = model.activation();
-        Activity::from_pre_activations(&pre, model.layers()[i].out_width(), |z| act.is_active(z))
-            .ok()
+        Activity::of_activation(&pre, model.layers()[i].out_width(), model.activation()).ok()
     }
 
     fn statistics(&self, model: &Mlp<E, D>, site: &str) -> Option<SiteStatistics> {

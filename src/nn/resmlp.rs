@@ -523,8 +523,7 @@ impl<E: Real, D: Device<E>> LossProbe<ResMlp<E, D>> for Probe<E, D> {
         let block = site.strip_suffix(".hidden")?;
         let pre = model.pre_activations(block, &self.input).ok()?;
         let width = model.blocks[model.position(block)?].fc1.out_width();
-        let act = model.act;
-        Activity::from_pre_activations(&pre, width, |z| act.is_active(z)).ok()
+        Activity::of_activation(&pre, width, model.act).ok()
     }
 
     fn statistics(&self, model: &ResMlp<E, D>, site: &str) -> Option<SiteStatistics> {

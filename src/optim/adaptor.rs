@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::inplace::InPlace;
 use super::state::{ModelState, TensorState};
-use super::{check_hyper, Optimizer, SavedState, SavedTensor};
+use super::{check_hyper, Optimizer, Renewal, SavedState, SavedTensor};
 use crate::ParamMut;
 use crate::{GrowError, Params, Real};
 
@@ -337,6 +337,50 @@ where
         self.state = ModelState { tensors };
         self.steps = saved.steps;
         self.kernel.set_lr(saved.lr);
+        Ok(())
+    }
+
+    fn check_renew(&self, model: &dyn Params<E, D>, parts: &[Renewal]) -> Result<(), GrowError> {
+        let dims = model.param_dims();
+        self.state.plan_sync(&dims)?;
+        for p in parts {
+            let Some((_, (rows, cols))) = dims.iter().find(|(n, _)| *n == p.tensor) else {
+                return Err(GrowError::StateMismatch(format!(
+                    "fresh state asked for tensor {:?}, which the model does not have",
+                    p.tensor
+                )));
+            };
+            for (list, n, what) in [(&p.rows, *rows, "row"), (&p.cols, *cols, "column")] {
+                if let Some(i) = list.iter().find(|&&i| i >= n) {
+                    return Err(GrowError::StateMismatch(format!(
+                        "fresh state asked for {what} {i} of tensor {:?}, which has {n}",
+                        p.tensor
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn renew(&mut self, model: &dyn Params<E, D>, parts: &[Renewal]) -> Result<(), GrowError> {
+        Optimizer::<E, D>::check_renew(self, model, parts)?;
+        let (kernel, now) = (&self.kernel, self.steps);
+        // The epsilon a growth now would give, from the entries as they are (before `sync`
+        // pads any tensor grown since the last update with zeros).
+        let eps_of = |state: &ModelState<E>, name: &str| {
+            let t = state.tensors.iter().find(|t| t.name == name)?;
+            kernel.new_cohort_eps(t, now)
+        };
+        let eps: Vec<Option<f64>> = parts
+            .iter()
+            .map(|p| eps_of(&self.state, &p.tensor))
+            .collect();
+        Optimizer::<E, D>::sync(self, model)?;
+        for (p, eps) in parts.iter().zip(eps) {
+            if let Some(t) = self.state.tensors.iter_mut().find(|t| t.name == p.tensor) {
+                t.renew(&p.rows, &p.cols, now, eps);
+            }
+        }
         Ok(())
     }
 }

@@ -78,6 +78,38 @@ pub trait Optimizer<E: Real, D: Device<E>> {
     /// kernel's name, buffer sizes, cohort ranges and births) before anything changes.
     fn load_state(&mut self, saved: &SavedState, model: &dyn Params<E, D>)
         -> Result<(), GrowError>;
+
+    /// Every check of [`Optimizer::renew`], changing nothing. Default: an error, the
+    /// optimizer cannot renew state.
+    fn check_renew(&self, model: &dyn Params<E, D>, parts: &[Renewal]) -> Result<(), GrowError> {
+        let _ = (model, parts);
+        Err(GrowError::StateMismatch(
+            "this optimizer cannot give entries fresh state".into(),
+        ))
+    }
+
+    /// Gives the listed rows and columns of each named tensor of `model` fresh state, as a
+    /// growth gives the entries it adds: zero buffers, born now (so they count their own
+    /// steps from the next update, get any new-unit learning rate, and Adam's new-unit
+    /// epsilon). For units re-initialised in place (the controller's health check). The
+    /// state follows `model` first ([`Optimizer::sync`]). All or nothing: on error the state
+    /// is unchanged. Default: an error, as [`Optimizer::check_renew`].
+    fn renew(&mut self, model: &dyn Params<E, D>, parts: &[Renewal]) -> Result<(), GrowError> {
+        self.check_renew(model, parts)
+    }
+}
+
+/// Rows and columns of one named tensor to give fresh optimizer state
+/// ([`Optimizer::renew`]): a re-initialised unit's fan-in is a row of its producer's weight
+/// (and of its bias), its fan-out a column (or a group of columns) of each consumer's weight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Renewal {
+    /// The tensor's name in the model's parameter walk.
+    pub tensor: String,
+    /// Rows whose every entry gets fresh state.
+    pub rows: Vec<usize>,
+    /// Columns whose every entry gets fresh state.
+    pub cols: Vec<usize>,
 }
 
 pub(crate) fn check_hyper(

@@ -118,6 +118,26 @@ impl<E: Copy + Default> TensorState<E> {
         self.dims = dims;
     }
 
+    /// Gives rows `rows` and columns `cols` (each in range) fresh state born at step `born`
+    /// with epsilon `eps`: their buffers are zeroed and they become cohorts of their own (a
+    /// row's birth is then later than its neighbours', which [`TensorState::for_each_block`]
+    /// handles: an element's birth is the later of its row's and its column's).
+    pub fn renew(&mut self, rows: &[usize], cols: &[usize], born: u64, eps: Option<f64>) {
+        let (r, c) = self.dims;
+        for buf in &mut self.buffers {
+            for &row in rows.iter().filter(|&&row| row < r) {
+                buf[row * c..(row + 1) * c].fill(E::default());
+            }
+            for &col in cols.iter().filter(|&&col| col < c) {
+                for row in 0..r {
+                    buf[row * c + col] = E::default();
+                }
+            }
+        }
+        self.rows = respan(&self.rows, r, rows, born, eps);
+        self.cols = respan(&self.cols, c, cols, born, eps);
+    }
+
     /// Calls `f(birth, eps, ranges)` for every rectangle of elements sharing one birth step,
     /// where `eps` is the epsilon of the cohort that brought them (the later-born of their
     /// row's and column's) and `ranges` are the flat index ranges of the rectangle's rows.
@@ -232,6 +252,44 @@ impl<E: Copy + Default> TensorState<E> {
             cols: self.cols.clone(),
         }
     }
+}
+
+/// `cohorts` over `n` rows (or columns) with `renewed` born at `born` with `eps`: runs of
+/// equal birth and epsilon, in order.
+fn respan(
+    cohorts: &[Cohort],
+    n: usize,
+    renewed: &[usize],
+    born: u64,
+    eps: Option<f64>,
+) -> Vec<Cohort> {
+    if renewed.is_empty() {
+        return cohorts.to_vec();
+    }
+    let mut per: Vec<(u64, Option<f64>)> = Vec::with_capacity(n);
+    for (i, c) in cohorts.iter().enumerate() {
+        let end = cohorts.get(i + 1).map_or(n, |d| d.start).min(n);
+        per.extend((c.start.min(end)..end).map(|_| (c.born, c.eps)));
+    }
+    let len = per.len();
+    for &i in renewed.iter().filter(|&&i| i < len) {
+        per[i] = (born, eps);
+    }
+    let mut out: Vec<Cohort> = Vec::new();
+    for (i, &(b, e)) in per.iter().enumerate() {
+        if out.last().is_none_or(|c| (c.born, c.eps) != (b, e)) {
+            out.push(Cohort {
+                start: i,
+                born: b,
+                eps: e,
+            });
+        }
+    }
+    if out.is_empty() {
+        // No row at all: keep the (empty) tensor's cohort list as it was.
+        return cohorts.to_vec();
+    }
+    out
 }
 
 /// The state of every tensor of a model, in the order of its parameter walk.

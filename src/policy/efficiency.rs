@@ -7,7 +7,10 @@
 //! `cooldown` observations after an applied growth nothing fires (the points still count).
 //! With a full window, the least-squares slope is fitted and the policy fires when the slope
 //! is above `threshold` — and, with `confidence`, significantly so (one-sided t test:
-//! `P(slope <= threshold) < 1 - confidence`). An applied growth clears the window: the
+//! `P(slope <= threshold) < 1 - confidence`). Firing clears the window (as a [`super::Plateau`]
+//! firing resets its count): the next decision needs `window` new points, whether this one is
+//! applied, refused (a width cap) or declined by limits, so a policy that cannot be obeyed
+//! does not ask again at every observation. An applied growth also starts the cooldown: the
 //! grown model's curve starts afresh.
 
 use std::collections::VecDeque;
@@ -117,6 +120,7 @@ impl GrowthPolicy for Efficiency {
         if growths.is_empty() {
             return None;
         }
+        st.points.clear();
         Some(Decision {
             growths,
             policy: "efficiency".into(),

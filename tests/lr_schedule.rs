@@ -163,6 +163,14 @@ fn the_controller_sets_the_rate_every_step_and_logs_the_action_with_the_growth()
         other.restore(&state).is_err(),
         "a controller without a schedule refuses it"
     );
+    // A saved schedule edited into one that cannot give rates is refused on restore.
+    let json = serde_json::to_string(&state).unwrap();
+    assert!(json.contains("\"peak\":0.01"), "{json}");
+    let edited: dfdx_grow::ControllerState =
+        serde_json::from_str(&json.replace("\"peak\":0.01", "\"peak\":-1.0")).unwrap();
+    let e = ctl.restore(&edited).unwrap_err().to_string();
+    assert!(e.contains("peak"), "{e}");
+    assert_eq!(ctl.state(), state, "a refused restore changes nothing");
 }
 
 #[test]

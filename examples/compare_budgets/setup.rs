@@ -601,14 +601,14 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
             peak: a.lr,
             warmup: 0,
             decay: Decay::Constant,
-            budget: Budget::Steps(1),
+            budget: Budget::Steps(steps as u64),
             on_growth: OnGrowth::Keep,
         },
         "cosine" => LrScheduleSpec {
             peak: a.lr,
             warmup,
             decay: Decay::Cosine { floor: 0.0 },
-            budget: Budget::Steps(1),
+            budget: Budget::Steps(steps as u64),
             on_growth: OnGrowth::Keep,
         },
         file => {
@@ -843,6 +843,29 @@ mod tests {
     }
 
     const GOOD: &str = "Schedule(events: [(at: Step(5), target: Layer(0), size: Fixed(4))])";
+
+    /// The built-in schedules validated with a placeholder budget of one step once refused
+    /// every warm-up, so the default runs of teacher-student and Fashion-MNIST did not start.
+    #[test]
+    fn the_built_in_schedules_with_a_warm_up_plan() {
+        for sched in ["cosine", "constant"] {
+            let out = tmp(&format!("sched-{sched}"));
+            let a = args(&[
+                "--dataset",
+                "teacher-student",
+                "--steps",
+                "400",
+                "--lr-schedule",
+                sched,
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            if let Err(e) = plan(&a) {
+                panic!("{sched}: {e}");
+            }
+            let _ = std::fs::remove_dir_all(&out);
+        }
+    }
 
     #[test]
     fn same_stems_get_distinct_run_names() {

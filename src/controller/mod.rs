@@ -307,7 +307,8 @@ impl GrowthController {
             _ => {}
         }
         if let Some(s) = &self.lr_schedule {
-            // The rate of the next update; a schedule's rates are finite and >= 0.
+            // The rate of the next update. A validated schedule's rates are finite and >= 0
+            // (LrSchedule::new and restore check it), which is all set_lr refuses.
             let _ = opt.set_lr(s.lr(m.step, m.flops));
         }
         Ok(outcome)

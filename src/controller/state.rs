@@ -71,6 +71,12 @@ impl GrowthController {
                 }
             )));
         }
+        if let Some(s) = &state.lr_schedule {
+            // A hand-edited schedule could give NaN rates, which the optimizer would refuse
+            // at every step without a word.
+            s.validate()
+                .map_err(|e| ControllerError::State(format!("the saved schedule: {e}")))?;
+        }
         load_state_atomically(self.policy.as_mut(), &state.policy)?;
         self.events = state.events.clone();
         self.seed = state.seed;

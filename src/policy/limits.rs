@@ -15,7 +15,9 @@
 //!   size.
 //!
 //! The parameters a unit adds are the site's own count, [`SiteMetrics::params_per_unit`]
-//! (see [`crate::Site`]). Depth growths pass the width and parameter caps untouched.
+//! (see [`crate::Site`]). Depth growths pass the width and parameter caps untouched:
+//! `max_params` counts width growth only. What bounds a new block is `max_events` and the
+//! controller's memory cap ([`crate::GrowthController::with_max_growth_bytes`]).
 //! Dropped growths are reported by [`take_declined`](GrowthPolicy::take_declined); a decision
 //! with nothing left is `None`.
 

@@ -56,6 +56,15 @@ fn one_size(hidden: usize) {
     let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
 
     let (m0, o0) = (mlp, opt);
+    // The same state under `new_unit_eps: 0`: the sync then skips the pass over the old
+    // second moments that sets the new cohorts' epsilon (issue 7's fix).
+    let mut o0z = Adam::<f32>::new(AdamConfig {
+        new_unit_eps: 0.0,
+        ..AdamConfig::default()
+    })
+    .unwrap();
+    Optimizer::<f32, Cpu>::load_state(&mut o0z, &o0.save_state(), &m0).unwrap();
+    let mut r7 = StdRng::seed_from_u64(7);
     let mut r1 = StdRng::seed_from_u64(1);
     let mut r2 = StdRng::seed_from_u64(2);
     let mut r3 = StdRng::seed_from_u64(3);
@@ -91,6 +100,15 @@ fn one_size(hidden: usize) {
         part("Optimizer::sync only (pad moments)", || {
             let (mut m, mut o) = (m0.clone(), o0.clone());
             m.expand_hidden(0, k, &Init::ZerosOut, &mut r3).unwrap();
+            let t = Instant::now();
+            Optimizer::<f32, Cpu>::sync(&mut o, &m).unwrap();
+            let d = t.elapsed();
+            black_box(&o);
+            d
+        }),
+        part("Optimizer::sync only, new_unit_eps 0", || {
+            let (mut m, mut o) = (m0.clone(), o0z.clone());
+            m.expand_hidden(0, k, &Init::ZerosOut, &mut r7).unwrap();
             let t = Instant::now();
             Optimizer::<f32, Cpu>::sync(&mut o, &m).unwrap();
             let d = t.elapsed();

@@ -262,19 +262,22 @@ pub trait Params<E: Dtype, D: Device<E>> {
 /// The L2 norm of `v`, accumulated in f64 over eight lanes (so the loop vectorises: the
 /// policies read it every step).
 pub(crate) fn l2_norm<E: Dtype>(v: &[E]) -> f64 {
-    let sq = |x: &E| {
-        let x = x.to_f64().unwrap_or(f64::NAN);
-        x * x
-    };
+    lane_sum(v, |x| x * x).sqrt()
+}
+
+/// The sum of `f(x)` over `v`, accumulated in f64 over eight lanes: a single running sum
+/// would wait on each addition, eight independent ones let the loop vectorise.
+pub(crate) fn lane_sum<E: Dtype>(v: &[E], f: impl Fn(f64) -> f64) -> f64 {
+    let g = |x: &E| f(x.to_f64().unwrap_or(f64::NAN));
     let mut lanes = [0.0f64; 8];
     let chunks = v.chunks_exact(8);
-    let tail: f64 = chunks.remainder().iter().map(sq).sum();
+    let tail: f64 = chunks.remainder().iter().map(g).sum();
     for c in chunks {
         for (acc, x) in lanes.iter_mut().zip(c) {
-            *acc += sq(x);
+            *acc += g(x);
         }
     }
-    (lanes.iter().sum::<f64>() + tail).sqrt()
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// Wraps a visitor so that every name it receives is prefixed by `prefix` and a dot: how a

@@ -611,3 +611,20 @@ fn a_growth_at_step_zero_is_a_grown_cohort_and_old_records_still_read() {
             .original
     );
 }
+
+#[test]
+fn the_shipped_health_file_reads_and_a_bad_share_is_an_error_naming_the_file() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/health/report.ron");
+    let text = std::fs::read_to_string(path).unwrap();
+    let check = dfdx_grow::HealthCheck::from_ron(&text, path).unwrap();
+    assert_eq!((check.after_steps, check.dead_share), (300, 0.5));
+    let e = dfdx_grow::HealthCheck::from_ron(&text.replace("0.5", "2.0"), "health.ron")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("health.ron") && e.contains("dead_share"), "{e}");
+    let e =
+        dfdx_grow::HealthCheck::from_ron("(after_steps: 3, dead_share: 0.5, colour: 1)", "x.ron")
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("x.ron"), "{e}");
+}

@@ -13,7 +13,7 @@ use crate::audit::{AuditRecord, GrowthEvent};
 use crate::grow::unit_map::unit_map;
 use crate::health::{reinitialise_units, site_health, Activity, HealthRecord};
 use crate::optim::{Optimizer, Renewal};
-use crate::policy::Metrics;
+use crate::policy::{Metrics, PolicyError};
 use crate::{Growable, LossProbe, Real};
 
 /// Dead units to give a fresh start.
@@ -34,6 +34,44 @@ pub struct HealthCheck {
     /// What to do about a mostly dead cohort.
     #[serde(default)]
     pub action: HealthAction,
+}
+
+impl HealthCheck {
+    /// Reads a check from RON, e.g. `(after_steps: 300, dead_share: 0.5, action: Report)`
+    /// (`policies/health/report.ron` is one, commented); errors name `origin` with the line and
+    /// column, or the field.
+    ///
+    /// ```
+    /// use dfdx_grow::{HealthAction, HealthCheck};
+    ///
+    /// let c = HealthCheck::from_ron("(after_steps: 300, dead_share: 0.5, action: Reinitialise)", "inline").unwrap();
+    /// assert_eq!((c.after_steps, c.action), (300, HealthAction::Reinitialise));
+    /// assert!(HealthCheck::from_ron("(after_steps: 300, dead_share: 1.5)", "inline").is_err());
+    /// ```
+    pub fn from_ron(s: &str, origin: &str) -> Result<Self, PolicyError> {
+        let check: HealthCheck =
+            crate::policy::ron_options()
+                .from_str(s)
+                .map_err(|e| PolicyError::Syntax {
+                    origin: origin.to_string(),
+                    line: e.span.start.line,
+                    col: e.span.start.col,
+                    message: e.code.to_string(),
+                    near: String::new(),
+                })?;
+        check.problem().map_or(Ok(check), |reason| {
+            Err(PolicyError::Invalid {
+                origin: origin.to_string(),
+                path: "dead_share".into(),
+                reason: reason.into(),
+            })
+        })
+    }
+
+    /// What is wrong with the check's values, if anything.
+    pub(super) fn problem(&self) -> Option<&'static str> {
+        (!(0.0..=1.0).contains(&self.dead_share)).then_some("must be in [0, 1]")
+    }
 }
 
 /// What the controller does when a growth's cohort is mostly dead.

@@ -225,11 +225,11 @@ impl GrowthController {
     /// block (depth growth) is not checked: all its units are new, with no original ones to
     /// compare them with.
     pub fn with_health(mut self, check: HealthCheck) -> Result<Self, ControllerError> {
-        if !(0.0..=1.0).contains(&check.dead_share) {
+        if let Some(reason) = check.problem() {
             return Err(ControllerError::Setting {
                 name: "health.dead_share",
                 value: check.dead_share,
-                reason: "must be in [0, 1]",
+                reason,
             });
         }
         self.health = Some(check);

@@ -71,6 +71,20 @@ pub enum GrowError {
         /// The names the walk has.
         params: Vec<String>,
     },
+    /// Two tensors of the model's parameter walk share a name, or one has none: optimizer
+    /// state, checkpoints and the audit log key by names, so each needs its own.
+    #[error("parameter name {name:?} is empty or used twice: every tensor needs its own name")]
+    ParamName {
+        /// The name.
+        name: String,
+    },
+    /// The layer does not support an operation a caller asked of it (a layer of the user's
+    /// own that implements only what growth needs).
+    #[error("this layer does not support {operation}")]
+    Unsupported {
+        /// What was asked, e.g. "overwriting existing output units".
+        operation: &'static str,
+    },
     /// The site grows in groups of units and `k` is not a multiple of the group.
     #[error("site {site:?} grows in multiples of {multiple} units, but k = {k}")]
     UnitMultiple {

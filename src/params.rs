@@ -212,9 +212,7 @@ pub trait Params<E: Dtype, D: Device<E>> {
         });
         match bad {
             None => Ok(()),
-            Some(name) => Err(GrowError::StateMismatch(format!(
-                "parameter name {name:?} is empty or used twice: every tensor needs its own name"
-            ))),
+            Some(name) => Err(GrowError::ParamName { name }),
         }
     }
 

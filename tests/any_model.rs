@@ -369,3 +369,33 @@ fn a_site_naming_no_parameter_has_no_gradient_norm_and_a_mistyped_name_is_an_err
         "lists the real names: {e}"
     );
 }
+
+/// `Thin` whose walk names both layers alike.
+#[derive(Clone, Debug)]
+struct Twice(Thin);
+
+impl Params<f64, Cpu> for Twice {
+    fn visit(&self, f: &mut dyn FnMut(&str, ParamRef<'_, f64, Cpu>)) {
+        self.0.a.visit(&mut scoped("layer", f));
+        self.0.b.visit(&mut scoped("layer", f));
+    }
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, f64, Cpu>)) {
+        self.0.a.visit_mut(&mut scoped_mut("layer", f));
+        self.0.b.visit_mut(&mut scoped_mut("layer", f));
+    }
+}
+
+#[test]
+fn a_walk_that_names_two_tensors_alike_is_an_error_naming_the_name() {
+    let (dev, mut rng) = (Cpu::default(), StdRng::seed_from_u64(10));
+    let m = Twice(Thin {
+        a: Linear::new(4, 3, &dev, &mut rng).unwrap(),
+        b: Linear::new(3, 2, &dev, &mut rng).unwrap(),
+    });
+    let mut opt = Adam::<f64>::new(AdamConfig::default()).unwrap();
+    let e = opt.sync(&m).unwrap_err();
+    assert!(
+        matches!(&e, GrowError::ParamName { name } if name == "layer.weight"),
+        "{e}"
+    );
+}

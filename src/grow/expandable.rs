@@ -137,9 +137,8 @@ pub trait Expandable<E> {
         bias: &[E],
     ) -> Result<(), GrowError> {
         let _ = (units, fan_in, bias);
-        Err(GrowError::InitMismatch {
-            init: "replace",
-            reason: "this layer cannot overwrite existing units".into(),
+        Err(GrowError::Unsupported {
+            operation: "overwriting existing output units (replace_outputs)",
         })
     }
 
@@ -147,9 +146,8 @@ pub trait Expandable<E> {
     /// supported.
     fn replace_inputs(&mut self, units: &[usize], fan_out: &[E]) -> Result<(), GrowError> {
         let _ = (units, fan_out);
-        Err(GrowError::InitMismatch {
-            init: "replace",
-            reason: "this layer cannot overwrite existing units".into(),
+        Err(GrowError::Unsupported {
+            operation: "overwriting existing input units (replace_inputs)",
         })
     }
 

@@ -354,12 +354,11 @@ impl<E: Copy + Default> ModelState<E> {
 
     /// Every check of [`ModelState::sync`], changing nothing.
     pub fn plan_sync(&self, dims: &[(String, (usize, usize))]) -> Result<(), GrowError> {
-        let by_name: std::collections::BTreeMap<&str, (usize, usize)> =
-            dims.iter().map(|(n, d)| (n.as_str(), *d)).collect();
-        if by_name.len() != dims.len() {
-            return Err(GrowError::StateMismatch(
-                "the model names two tensors alike".into(),
-            ));
+        let mut by_name = std::collections::BTreeMap::new();
+        for (n, d) in dims {
+            if n.is_empty() || by_name.insert(n.as_str(), *d).is_some() {
+                return Err(GrowError::ParamName { name: n.clone() });
+            }
         }
         for t in &self.tensors {
             match by_name.get(t.name.as_str()) {

@@ -81,10 +81,6 @@ impl<E: Real, D: Device<E>> Linear<E, D> {
         let (out, inp) = *self.weight.shape();
         2.0 * inp as f64 * out as f64 + out as f64
     }
-
-    fn dev(&self) -> &D {
-        self.weight.device()
-    }
 }
 
 impl<E: Real, D: Device<E>> Expandable<E> for Linear<E, D> {
@@ -221,6 +217,47 @@ pub(crate) fn append_units<E: Real, D: Device<E>>(
     Ok(())
 }
 
+/// Appends `k` input units of `group` columns each to `weight` (a row-major matrix whose
+/// input unit `u` owns columns `u * group .. (u + 1) * group` of every row): `fan_out` is
+/// unit-major, each unit's block row-major (rows x group), and `rescale` multiplies every
+/// column of the listed existing units first. What a new input unit is to a linear layer
+/// (`group` 1, or `h x w` after a flatten) and a new input channel to a convolution (`group`
+/// = the kernel's area). The caller has checked the sizes.
+pub(crate) fn append_column_groups<E: Real, D: Device<E>>(
+    weight: &mut Matrix<E, D>,
+    group: usize,
+    k: usize,
+    fan_out: &[E],
+    rescale: &[(usize, E)],
+) -> Result<(), GrowError> {
+    let (out, cols) = *weight.shape();
+    let per_unit = out * group;
+    let mut old = vec![E::zero(); out * cols];
+    weight.copy_into(&mut old);
+    for &(unit, factor) in rescale {
+        for r in 0..out {
+            for x in &mut old[r * cols + unit * group..r * cols + (unit + 1) * group] {
+                *x *= factor;
+            }
+        }
+    }
+    let width = cols + k * group;
+    let mut w = Vec::with_capacity(out * width);
+    for r in 0..out {
+        w.extend_from_slice(&old[r * cols..(r + 1) * cols]);
+        for j in 0..k {
+            let unit = &fan_out[j * per_unit..(j + 1) * per_unit];
+            w.extend_from_slice(&unit[r * group..(r + 1) * group]);
+        }
+    }
+    *weight = weight
+        .device()
+        .clone()
+        .try_tensor_from_vec(w, (out, width))
+        .map_err(GrowError::device)?;
+    Ok(())
+}
+
 /// The L2 norm of every input unit's fan-out in a row-major matrix of rows of `row_len`
 /// values, where input unit `u` owns the columns `u * group .. (u + 1) * group` of every row.
 pub(crate) fn grouped_column_norms<E: Real>(
@@ -295,30 +332,7 @@ impl<E: Real, D: Device<E>> Linear<E, D> {
                 found: unit,
             });
         }
-        let mut old = vec![E::zero(); out * inp];
-        self.weight.copy_into(&mut old);
-        for &(unit, factor) in rescale {
-            for r in 0..out {
-                for x in &mut old[r * inp + unit * group..r * inp + (unit + 1) * group] {
-                    *x *= factor;
-                }
-            }
-        }
-        let width = inp + k * group;
-        let mut w = Vec::with_capacity(out * width);
-        for r in 0..out {
-            w.extend_from_slice(&old[r * inp..(r + 1) * inp]);
-            for j in 0..k {
-                let unit = &fan_out[j * per_unit..(j + 1) * per_unit];
-                w.extend_from_slice(&unit[r * group..(r + 1) * group]);
-            }
-        }
-        self.weight = self
-            .dev()
-            .clone()
-            .try_tensor_from_vec(w, (out, width))
-            .map_err(GrowError::device)?;
-        Ok(())
+        append_column_groups(&mut self.weight, group, k, fan_out, rescale)
     }
 
     /// The fan-out of input unit `unit` made of `group` columns, row-major (out x group).

@@ -43,7 +43,7 @@ use rand::Rng;
 
 use crate::grow::expandable::fan_in_bound;
 use crate::nn::host_vec;
-use crate::nn::linear::{append_units, grouped_column_norms};
+use crate::nn::linear::{append_column_groups, append_units, grouped_column_norms};
 use crate::params::l2_norm;
 use crate::params::{Matrix, ParamMut, ParamRef, Params, Vector};
 use crate::sampling::uniform;
@@ -306,10 +306,6 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
         }
     }
 
-    fn dev(&self) -> &D {
-        self.weight.device()
-    }
-
     /// The forward pass with the device-generic im2col (dfdx's `concat_along` and `gather`),
     /// the one every device other than `Cpu` takes. Exposed so that it can be tested and
     /// timed on the CPU.
@@ -419,30 +415,7 @@ impl<E: Real, D: Device<E>> Conv2d<E, D> {
                 found: c,
             });
         }
-        let mut old = vec![E::zero(); out * cols];
-        self.weight.copy_into(&mut old);
-        for &(c, factor) in rescale {
-            for r in 0..out {
-                for v in &mut old[r * cols + c * area..r * cols + (c + 1) * area] {
-                    *v *= factor;
-                }
-            }
-        }
-        let width = cols + k * area;
-        let mut w = Vec::with_capacity(out * width);
-        for r in 0..out {
-            w.extend_from_slice(&old[r * cols..(r + 1) * cols]);
-            for unit in 0..k {
-                let src = unit * block + r * area;
-                w.extend_from_slice(&fan_out[src..src + area]);
-            }
-        }
-        self.weight = self
-            .dev()
-            .clone()
-            .try_tensor_from_vec(w, (out, width))
-            .map_err(GrowError::device)?;
-        Ok(())
+        append_column_groups(&mut self.weight, area, k, fan_out, rescale)
     }
 }
 

@@ -111,16 +111,7 @@ fn constant() -> Decay {
 impl LrScheduleSpec {
     /// Parses and checks RON text; `origin` names it in errors.
     pub fn from_ron(s: &str, origin: &str) -> Result<Self, PolicyError> {
-        let spec: LrScheduleSpec =
-            crate::policy::ron_options()
-                .from_str(s)
-                .map_err(|e| PolicyError::Syntax {
-                    origin: origin.to_string(),
-                    line: e.span.start.line,
-                    col: e.span.start.col,
-                    message: e.code.to_string(),
-                    near: String::new(),
-                })?;
+        let spec: LrScheduleSpec = crate::policy::settings_from_ron(s, origin)?;
         spec.validate(origin)?;
         Ok(spec)
     }

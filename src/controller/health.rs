@@ -49,16 +49,7 @@ impl HealthCheck {
     /// assert!(HealthCheck::from_ron("(after_steps: 300, dead_share: 1.5)", "inline").is_err());
     /// ```
     pub fn from_ron(s: &str, origin: &str) -> Result<Self, PolicyError> {
-        let check: HealthCheck =
-            crate::policy::ron_options()
-                .from_str(s)
-                .map_err(|e| PolicyError::Syntax {
-                    origin: origin.to_string(),
-                    line: e.span.start.line,
-                    col: e.span.start.col,
-                    message: e.code.to_string(),
-                    near: String::new(),
-                })?;
+        let check: HealthCheck = crate::policy::settings_from_ron(s, origin)?;
         check.problem().map_or(Ok(check), |reason| {
             Err(PolicyError::Invalid {
                 origin: origin.to_string(),

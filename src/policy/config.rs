@@ -134,11 +134,26 @@ fn standard_ron_options() -> ron::Options {
 }
 
 /// The RON options every file of the crate is read with.
-pub(crate) fn ron_options() -> ron::Options {
+fn ron_options() -> ron::Options {
     ron::Options::default()
         .with_default_extension(Extensions::UNWRAP_VARIANT_NEWTYPES)
         .with_default_extension(Extensions::IMPLICIT_SOME)
         .with_recursion_limit(RON_RECURSION_LIMIT)
+}
+
+/// Reads a settings value (not a policy: no alternative spellings) from RON text with the
+/// crate's options; a syntax error names `origin`, line and column.
+pub(crate) fn settings_from_ron<T: serde::de::DeserializeOwned>(
+    s: &str,
+    origin: &str,
+) -> Result<T, PolicyError> {
+    ron_options().from_str(s).map_err(|e| PolicyError::Syntax {
+        origin: origin.to_string(),
+        line: e.span.start.line,
+        col: e.span.start.col,
+        message: e.code.to_string(),
+        near: String::new(),
+    })
 }
 
 impl PolicySpec {

@@ -66,7 +66,7 @@ mod schedule;
 mod slope;
 
 pub use combinators::{AllOf, AnyOf, Sequence};
-pub(crate) use config::ron_options;
+pub(crate) use config::settings_from_ron;
 pub use config::{
     load_policy, load_spec, policy_from_str, PolicySpec, StageSpec, MAX_DEPTH, MAX_POLICY_BYTES,
 };

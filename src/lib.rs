@@ -62,7 +62,7 @@
 //!   know about growth: [`lr`].
 //! - When and where to grow: [`policy`]; saving and resuming a grown run: [`checkpoint`]; the
 //!   log: [`audit`].
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub use dfdx;

@@ -475,7 +475,9 @@ fn rank_overflow_is_filled_with_zeros_out_units_and_reported() {
         assert_eq!(fan_out_zero, !informed, "unit {u}");
         assert_eq!(fan_in_zero, informed, "unit {u}");
     }
-    assert_eq!(max_abs_diff(&before, &outputs(&mlp, &x)), 0.0);
+    // Unchanged to rounding: the wider product may take another gemm kernel.
+    let change = max_abs_diff(&before, &outputs(&mlp, &x));
+    assert!(change <= 1e-12, "{change:e}");
     // The filler units are today's ZerosOut units: fan-in norms at the old units' mean norm,
     // bias at their mean bias (not the fresh fan-in that left most added units dead).
     let b_in = tensor(&mlp, "layers.0.bias");

@@ -31,8 +31,9 @@ fn twin(dev: &Cpu, m: &<DModel as BuildOnDevice<Cpu, f64>>::Built) -> Mlp<f64, C
     Mlp::from_layers(vec![l0, l1], Activation::Relu).unwrap()
 }
 
-/// Trains a dfdx model and our twin side by side for 30 steps and returns the largest
-/// difference between their weights.
+/// Trains a dfdx model and our twin side by side for 30 steps, both optimizers fed the
+/// gradients of dfdx's model (the optimizers are what is compared: the crate's layers run a
+/// matmul of their own), and returns the largest difference between their weights.
 fn side_by_side(
     mut theirs: impl DOptimizer<<DModel as BuildOnDevice<Cpu, f64>>::Built, Cpu, f64>,
     ours: &mut dyn Optimizer<f64, Cpu>,
@@ -49,8 +50,25 @@ fn side_by_side(
         let grads = model.alloc_grads();
         let loss = cross_entropy_with_logits_loss(model.forward(xs.traced(grads)), ys);
         let grads = loss.backward();
+        let dfdx_grads = [
+            grads.get(&model.0.weight).as_vec(),
+            grads.get(&model.0.bias).as_vec(),
+            grads.get(&model.2.weight).as_vec(),
+            grads.get(&model.2.bias).as_vec(),
+        ];
         theirs.update(&mut model, &grads).unwrap();
-        step(&mut mlp, ours, &x, &y);
+        let mut ours_grads = mlp.try_alloc_grads().unwrap();
+        for (layer, g) in mlp.layers().iter().zip(dfdx_grads.chunks(2)) {
+            ours_grads
+                .get_or_alloc_mut(&layer.weight)
+                .unwrap()
+                .copy_from_slice(&g[0]);
+            ours_grads
+                .get_or_alloc_mut(&layer.bias)
+                .unwrap()
+                .copy_from_slice(&g[1]);
+        }
+        ours.update(&mut mlp, &mut ours_grads).unwrap();
     }
     let w = snapshot(&mlp);
     [

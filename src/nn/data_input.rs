@@ -5,15 +5,11 @@
 //! gradient costs as much as the forward matmul itself: a traced forward + backward of a
 //! 128x784 by 784x1024 layer is about 3x its forward, PyTorch's (which skips it) about 2.15x.
 //! [`Data`] marks an input whose gradient is not wanted; [`Linear`] and [`Mlp`] then record a
-//! backward op of their own that computes only the weight and bias gradients.
+//! backward op (`nn::affine`) that computes only the weight and bias gradients.
 
-use std::any::{Any, TypeId};
+use dfdx::prelude::{Device, Dtype, Module, Tape};
 
-use dfdx::prelude::{
-    Axes2, Axis, BroadcastTo, Cpu, Device, Dtype, Gradients, HasShape, Module, NoneTape, OwnedTape,
-    PermuteTo, PutTape, SplitTape, Storage, Tape, Tensor, TensorFromVec, TryAdd, TryMatMul,
-};
-
+use super::affine::{affine, Batch, InputGrad};
 use crate::{Linear, Mlp, Real};
 
 /// An input whose gradient is not needed: a batch of data, or anything to stop gradients at.
@@ -25,8 +21,8 @@ use crate::{Linear, Mlp, Real};
 /// this input (a stop-gradient), so do not wrap an activation whose producers must learn:
 /// pass it plainly.
 ///
-/// The saving applies on the [`Cpu`] device with dfdx's [`OwnedTape`]; on other devices (or
-/// tapes) the ordinary traced path runs, with the same results.
+/// The saving applies on the [`Cpu`](dfdx::prelude::Cpu) device; on other devices dfdx's
+/// ordinary traced path runs.
 ///
 /// ```
 /// use dfdx_grow::dfdx::prelude::*;
@@ -47,24 +43,16 @@ use crate::{Linear, Mlp, Real};
 #[derive(Clone, Debug)]
 pub struct Data<X>(pub X);
 
-type Batch<E, D, T> = Tensor<(usize, usize), E, D, T>;
-
-impl<E: Real, D: Device<E>, T: Tape<E, D> + 'static> Module<Data<Batch<E, D, T>>> for Linear<E, D>
-where
-    Cpu: Device<E>,
-{
+impl<E: Dtype, D: Device<E>, T: Tape<E, D>> Module<Data<Batch<E, D, T>>> for Linear<E, D> {
     type Output = Batch<E, D, T>;
     type Error = D::Err;
 
     fn try_forward(&self, x: Data<Batch<E, D, T>>) -> Result<Self::Output, D::Err> {
-        linear_on_data(self, x.0)
+        affine(self, x.0, InputGrad::Skipped)
     }
 }
 
-impl<E: Real, D: Device<E>, T: Tape<E, D> + 'static> Module<Data<Batch<E, D, T>>> for Mlp<E, D>
-where
-    Cpu: Device<E>,
-{
+impl<E: Real, D: Device<E>, T: Tape<E, D>> Module<Data<Batch<E, D, T>>> for Mlp<E, D> {
     type Output = Batch<E, D, T>;
     type Error = D::Err;
 
@@ -78,74 +66,4 @@ where
         }
         Ok(h)
     }
-}
-
-/// `x W^T + b` with a backward op that computes the gradients of `W` and `b` only.
-fn linear_on_data<E: Real, D: Device<E>, T: Tape<E, D> + 'static>(
-    layer: &Linear<E, D>,
-    x: Batch<E, D, T>,
-) -> Result<Batch<E, D, T>, D::Err>
-where
-    Cpu: Device<E>,
-{
-    let plain = |x: Batch<E, D, T>| layer.try_forward(x);
-    if !T::OWNS_TAPE || TypeId::of::<D>() != TypeId::of::<Cpu>() {
-        return plain(x);
-    }
-    let (x, mut tape) = x.split_tape();
-    // The forward: the same kernels as the traced path, so the same values.
-    let (batch, out) = (x.shape().0, layer.weight.shape().0);
-    let y = x
-        .clone()
-        .try_matmul(layer.weight.clone().try_permute::<_, Axes2<1, 0>>()?)?
-        .try_add(
-            layer
-                .bias
-                .clone()
-                .try_broadcast_like::<_, Axis<0>>(&(batch, out))?,
-        )?;
-    let on_cpu = (
-        (&x as &dyn Any).downcast_ref::<Batch<E, Cpu, NoneTape>>(),
-        (&y as &dyn Any).downcast_ref::<Batch<E, Cpu, NoneTape>>(),
-        (&layer.weight as &dyn Any).downcast_ref::<Tensor<(usize, usize), E, Cpu>>(),
-        (&layer.bias as &dyn Any).downcast_ref::<Tensor<(usize,), E, Cpu>>(),
-        (&mut tape as &mut dyn Any).downcast_mut::<OwnedTape<E, Cpu>>(),
-    );
-    let (Some(x), Some(y_cpu), Some(w), Some(b), Some(cpu_tape)) = on_cpu else {
-        // Not reachable with dfdx's own tapes; a tape of another kind keeps the plain path.
-        return plain(x.put_tape(tape));
-    };
-    let (x, y_ghost, w_ghost, b_ghost) = (x.clone(), y_cpu.ghost(), w.ghost(), b.ghost());
-    cpu_tape.add_backward_op(move |grads: &mut Gradients<E, Cpu>| {
-        let dev = x.device().clone();
-        let dy: Vec<E> = host::<E>(grads.get_or_alloc_mut(&y_ghost)?).to_vec();
-        // The bias gradient as dfdx's broadcast add computes it: row by row, in order.
-        let gb = host::<E>(grads.get_or_alloc_mut(&b_ghost)?);
-        for row in dy.chunks_exact(out.max(1)) {
-            for (g, d) in gb.iter_mut().zip(row) {
-                *g += *d;
-            }
-        }
-        // dW = dY^T x. gemm normalises this to exactly the call dfdx's matmul backward makes
-        // for the weight, so the sums run in the same order.
-        let dy = dev.try_tensor_from_vec(dy, (batch, out))?;
-        let dw = dy.try_permute::<_, Axes2<1, 0>>()?.try_matmul(x)?;
-        let gw = host::<E>(grads.get_or_alloc_mut(&w_ghost)?);
-        if gw.iter().all(|g| *g == E::default()) {
-            // dfdx accumulates into a zeroed buffer: 0 + v is v.
-            dw.copy_into(gw);
-        } else {
-            for (g, d) in gw.iter_mut().zip(dw.as_vec()) {
-                *g += d;
-            }
-        }
-        Ok(())
-    });
-    Ok(y.put_tape(tape))
-}
-
-/// A CPU buffer as a slice. A function of its own because where `Cpu: Device<E>` is assumed,
-/// the compiler does not see that the buffer type is a vector.
-fn host<E: Dtype>(v: &mut <Cpu as Storage<E>>::Vec) -> &mut [E] {
-    v
 }

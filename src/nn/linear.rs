@@ -361,21 +361,3 @@ impl<E: Dtype, D: Device<E>> Params<E, D> for Linear<E, D> {
         f("bias", ParamMut::Vector(&mut self.bias));
     }
 }
-
-impl<E: Dtype, D: Device<E>, T: Tape<E, D>> Module<Tensor<(usize, usize), E, D, T>>
-    for Linear<E, D>
-{
-    type Output = Tensor<(usize, usize), E, D, T>;
-    type Error = D::Err;
-
-    fn try_forward(&self, x: Tensor<(usize, usize), E, D, T>) -> Result<Self::Output, D::Err> {
-        let batch = x.shape().0;
-        let out = self.weight.shape().0;
-        let y = x.try_matmul(self.weight.retaped::<T>().try_permute::<_, Axes2<1, 0>>()?)?;
-        let b = self
-            .bias
-            .retaped::<T>()
-            .try_broadcast_like::<_, Axis<0>>(&(batch, out))?;
-        y.try_add(b)
-    }
-}

@@ -3,6 +3,7 @@
 //! depth, a CNN), each a [`crate::Growable`].
 
 pub(crate) mod activation;
+pub(crate) mod affine;
 pub(crate) mod cnn;
 pub(crate) mod conv;
 pub(crate) mod data_input;

@@ -257,25 +257,32 @@ pub trait Params<E: Dtype, D: Device<E>> {
     }
 }
 
-/// The L2 norm of `v`, accumulated in f64 over eight lanes (so the loop vectorises: the
-/// policies read it every step).
+/// The L2 norm of `v` (the policies read one per site every step; see [`lane_sum`]).
 pub(crate) fn l2_norm<E: Dtype>(v: &[E]) -> f64 {
     lane_sum(v, |x| x * x).sqrt()
 }
 
-/// The sum of `f(x)` over `v`, accumulated in f64 over eight lanes: a single running sum
-/// would wait on each addition, eight independent ones let the loop vectorise.
-pub(crate) fn lane_sum<E: Dtype>(v: &[E], f: impl Fn(f64) -> f64) -> f64 {
-    let g = |x: &E| f(x.to_f64().unwrap_or(f64::NAN));
-    let mut lanes = [0.0f64; 8];
-    let chunks = v.chunks_exact(8);
-    let tail: f64 = chunks.remainder().iter().map(g).sum();
-    for c in chunks {
-        for (acc, x) in lanes.iter_mut().zip(c) {
-            *acc += g(x);
+/// The sum of `f(x)` over `v`, in one pass near memory speed: `f` and the additions run at
+/// `E`'s width over sixteen independent lanes (so the loop vectorises), each block of 1,024
+/// elements is then added to an f64 total. In f32 a block's partial sums carry a relative
+/// error of about 1e-6 at worst, far below what a growth decision or a norm match reads;
+/// widening every element to f64 first made the pass 5x slower.
+pub(crate) fn lane_sum<E: Dtype>(v: &[E], f: impl Fn(E) -> E) -> f64 {
+    const LANES: usize = 16;
+    let wide = |x: E| x.to_f64().unwrap_or(f64::NAN);
+    let mut total = 0.0;
+    for block in v.chunks(1024) {
+        let mut lanes = [E::default(); LANES];
+        let chunks = block.chunks_exact(LANES);
+        let tail = chunks.remainder().iter().map(|x| wide(f(*x))).sum::<f64>();
+        for c in chunks {
+            for (acc, x) in lanes.iter_mut().zip(c) {
+                *acc += f(*x);
+            }
         }
+        total += lanes.into_iter().map(wide).sum::<f64>() + tail;
     }
-    lanes.iter().sum::<f64>() + tail
+    total
 }
 
 /// Wraps a visitor so that every name it receives is prefixed by `prefix` and a dot: how a

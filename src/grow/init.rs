@@ -231,8 +231,14 @@ impl Init {
         }
         let cast = |x: f64| E::from_f64(x).unwrap_or_else(E::zero);
         let zeros = |n: usize| vec![E::zero(); n];
+        // Drawn here rather than over a zeroed buffer: a growth should cost about a copy.
+        let drawn = matches!(self, Init::ZerosOut | Init::ZerosOutFresh);
         let mut units = NewUnits {
-            fan_in: zeros(k * fan_in),
+            fan_in: if drawn {
+                uniform(k * fan_in, producer.init_bound(), rng)
+            } else {
+                zeros(k * fan_in)
+            },
             bias: zeros(k),
             fan_out: consumers
                 .iter()
@@ -241,11 +247,8 @@ impl Init {
             rescale: Vec::new(),
         };
         match self {
-            Init::ZerosOut => {
-                units.fan_in = uniform(k * fan_in, producer.init_bound(), rng);
-                match_existing(&mut units, producer, k);
-            }
-            Init::ZerosOutFresh => units.fan_in = uniform(k * fan_in, producer.init_bound(), rng),
+            Init::ZerosOut => match_existing(&mut units, producer, k),
+            Init::ZerosOutFresh => {}
             Init::ZerosBoth => {}
             Init::ConstantFanIn { value } => units.fan_in = vec![cast(*value); k * fan_in],
             Init::CopyHalve | Init::CopyHalveNoise { .. } => {

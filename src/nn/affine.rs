@@ -57,8 +57,8 @@ pub(crate) fn affine<E: Dtype, D: Device<E>, T: Tape<E, D>>(
         return dfdx_affine(layer, x.put_tape(tape));
     };
     let x_strides = Strides::of(x_cpu);
-    let xs = row_major(x_cpu);
-    let ws = row_major(w);
+    let xs = super::host_vec(x_cpu);
+    let ws = super::host_vec(w);
     let bs = super::host_vec(b);
 
     let mut ys = vec![E::default(); batch * out];
@@ -299,19 +299,9 @@ struct Strides {
 }
 
 impl Strides {
-    /// Read off the addresses of neighbouring elements (none is read).
     fn of<E: Dtype>(t: &Tensor<(usize, usize), E, Cpu>) -> Self {
-        let (rows, cols) = *t.shape();
-        let dense = Self { row: cols, col: 1 };
-        if rows * cols == 0 {
-            return dense;
-        }
-        let at = |i: usize, j: usize| std::ptr::from_ref(&t[[i, j]]) as usize;
-        let step = |to: usize| to.wrapping_sub(at(0, 0)) / std::mem::size_of::<E>();
-        Self {
-            row: if rows > 1 { step(at(1, 0)) } else { dense.row },
-            col: if cols > 1 { step(at(0, 1)) } else { dense.col },
-        }
+        let [row, col] = super::cpu_steps(t);
+        Self { row, col }
     }
 
     fn row_major(self, cols: usize) -> bool {
@@ -319,18 +309,78 @@ impl Strides {
     }
 }
 
-/// A CPU matrix's elements in row-major order: a memcpy of its storage when it is laid out
-/// row-major, else dfdx's strided walk.
-fn row_major<E: Dtype>(t: &Tensor<(usize, usize), E, Cpu>) -> Vec<E> {
-    let (rows, cols) = *t.shape();
-    if rows * cols == 0 {
-        return Vec::new();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `lhs rhs` by the textbook triple loop, for `rows` x `inner` by `inner` x `cols`
+    /// operands given as element functions.
+    fn naive(
+        rows: usize,
+        inner: usize,
+        cols: usize,
+        a: impl Fn(usize, usize) -> f64,
+        b: impl Fn(usize, usize) -> f64,
+    ) -> Vec<f64> {
+        let mut out = vec![0.0; rows * cols];
+        for i in 0..rows {
+            for j in 0..cols {
+                out[i * cols + j] = (0..inner).map(|k| a(i, k) * b(k, j)).sum();
+            }
+        }
+        out
     }
-    if Strides::of(t).row_major(cols) {
-        let mut v = vec![E::default(); rows * cols];
-        t.copy_into(&mut v);
-        v
-    } else {
-        t.as_vec()
+
+    #[test]
+    fn gemm_into_reads_plain_and_transposed_operands_and_accumulates() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let bt: Vec<f64> = (0..n * k).map(|i| (i as f64 * 0.91).cos()).collect(); // n x k
+        let want = naive(m, k, n, |i, p| a[i * k + p], |p, j| bt[j * k + p]);
+        let mut dst = vec![f64::NAN; m * n];
+        gemm_into(
+            Mat::rows(&mut dst, m, n),
+            MatRef::rows(&a, m, k),
+            MatRef::transposed(&bt, k, n),
+            Accumulate::No,
+        );
+        for (g, w) in dst.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-12, "{g} vs {w}");
+        }
+        // Accumulating adds the same product again.
+        gemm_into(
+            Mat::rows(&mut dst, m, n),
+            MatRef::rows(&a, m, k),
+            MatRef::transposed(&bt, k, n),
+            Accumulate::Yes,
+        );
+        for (g, w) in dst.iter().zip(&want) {
+            assert!((g - 2.0 * w).abs() < 1e-12, "{g} vs {}", 2.0 * w);
+        }
+    }
+
+    #[test]
+    fn an_empty_inner_dimension_zeroes_or_keeps_the_destination() {
+        let mut dst = vec![3.0f32; 6];
+        let none: [f32; 0] = [];
+        let (lhs, rhs) = (MatRef::rows(&none, 2, 0), MatRef::rows(&none, 0, 3));
+        gemm_into(Mat::rows(&mut dst, 2, 3), lhs, rhs, Accumulate::Yes);
+        assert_eq!(dst, vec![3.0; 6]);
+        let (lhs, rhs) = (MatRef::rows(&none, 2, 0), MatRef::rows(&none, 0, 3));
+        gemm_into(Mat::rows(&mut dst, 2, 3), lhs, rhs, Accumulate::No);
+        assert_eq!(dst, vec![0.0; 6]);
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm shapes")]
+    fn mismatched_shapes_are_refused_before_gemm_runs() {
+        let (a, b) = (vec![0.0f32; 6], vec![0.0f32; 6]);
+        let mut dst = vec![0.0f32; 4];
+        gemm_into(
+            Mat::rows(&mut dst, 2, 2),
+            MatRef::rows(&a, 2, 3),
+            MatRef::rows(&b, 2, 3),
+            Accumulate::No,
+        );
     }
 }

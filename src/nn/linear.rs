@@ -198,13 +198,18 @@ pub(crate) fn append_units<E: Real, D: Device<E>>(
             found: fan_in.len(),
         });
     }
-    // A pre-sized buffer and one copy: the cheapest way to append rows on any device.
-    let mut w = vec![E::zero(); (out + k) * cols];
-    weight.copy_into(&mut w[..out * cols]);
-    w[out * cols..].copy_from_slice(fan_in);
-    let mut b = vec![E::zero(); out + k];
-    bias_vec.copy_into(&mut b[..out]);
-    b[out..].copy_from_slice(bias);
+    // One allocation of the final size, the old rows copied in, the new ones appended: the
+    // cheapest way to append rows on any device (only the old rows are zeroed first, as
+    // `copy_into` writes into initialised memory).
+    let append = |old: usize, new: &[E], copy: &dyn Fn(&mut [E])| {
+        let mut v = Vec::with_capacity(old + new.len());
+        v.resize(old, E::zero());
+        copy(&mut v);
+        v.extend_from_slice(new);
+        v
+    };
+    let w = append(out * cols, fan_in, &|v| weight.copy_into(v));
+    let b = append(out, bias, &|v| bias_vec.copy_into(v));
     let dev = weight.device().clone();
     let new_weight = dev
         .try_tensor_from_vec(w, (out + k, cols))

@@ -169,10 +169,10 @@ impl Kernel for AdamConfig {
             for r in ranges {
                 let run = &v[r];
                 n += run.len();
-                // sqrt(v / c2) summed as sqrt(v) / sqrt(c2), over eight lanes: one pass at
-                // memory speed (a growth's padding should cost about a copy).
+                // sqrt(v / c2) summed as sqrt(v) / sqrt(c2): one pass near memory speed (a
+                // growth's padding should cost about a copy).
                 if t > 0 && c2 > 0.0 {
-                    sum += lane_sum(run, f64::sqrt) / c2.sqrt();
+                    sum += lane_sum(run, |v: E| v.sqrt()) / c2.sqrt();
                 }
             }
         });

@@ -1,11 +1,11 @@
 //! A linear layer's backward pass without the input gradient, for inputs that are data.
 //!
-//! dfdx 0.13's matmul backward always computes the gradients of both operands. For the first
-//! layer of a network the input is the data batch, whose gradient nobody reads, and that
-//! gradient costs as much as the forward matmul itself: a traced forward + backward of a
-//! 128x784 by 784x1024 layer is about 3x its forward, PyTorch's (which skips it) about 2.15x.
-//! [`Data`] marks an input whose gradient is not wanted; [`Linear`] and [`Mlp`] then record a
-//! backward op (`nn::affine`) that computes only the weight and bias gradients.
+//! A matmul's backward computes the gradients of both operands (dfdx 0.13's always does). For
+//! the first layer of a network the input is the data batch, whose gradient nobody reads, and
+//! that gradient costs as much as the forward matmul itself: a traced forward + backward of a
+//! 128x784 by 784x1024 layer was about 3x its forward through dfdx, PyTorch's (which skips it)
+//! about 2.15x. [`Data`] marks an input whose gradient is not wanted; [`Linear`] and [`Mlp`]
+//! then record a backward op (`nn::affine`) that computes only the weight and bias gradients.
 
 use dfdx::prelude::{Device, Dtype, Module, Tape};
 

@@ -247,3 +247,28 @@ fn empty_shapes_give_empty_or_zero_results() {
     assert!(got[1].is_empty() && got[3].is_empty());
     assert_eq!(got[2], vec![4.0; 2]);
 }
+
+/// A wide layer's forward product is split over threads in fixed blocks of output units: the
+/// output is the same, bit for bit, on 2, 3 and 4 threads, and the one-thread output to
+/// rounding; so is the training step built on it.
+#[test]
+fn outputs_do_not_depend_on_the_thread_count_beyond_one() {
+    let dev = Cpu::default();
+    let mut r = rng(6);
+    // 600 outputs: blocks of 256, 256 and 88.
+    let layer = Linear::<f32, Cpu>::new(70, 600, &dev, &mut r).unwrap();
+    let x = input::<f32>(&dev, 33, 70, &mut r);
+    let dy = input::<f32>(&dev, 33, 600, &mut r);
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| crate_pass(&layer, &x, &dy, false))
+    };
+    let two = on(2);
+    assert_eq!(on(3), two);
+    assert_eq!(on(4), two);
+    let one = on(1);
+    for (a, b) in one.iter().zip(&two) {
+        close(a, b, 1e-5, "one thread against two");
+    }
+    close(&two[0], &dfdx_pass(&layer, &x, &dy)[0], 1e-5, "two threads against dfdx");
+}

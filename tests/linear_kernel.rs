@@ -260,7 +260,10 @@ fn outputs_do_not_depend_on_the_thread_count_beyond_one() {
     let x = input::<f32>(&dev, 33, 70, &mut r);
     let dy = input::<f32>(&dev, 33, 600, &mut r);
     let on = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| crate_pass(&layer, &x, &dy, false))
     };
     let two = on(2);
@@ -270,5 +273,10 @@ fn outputs_do_not_depend_on_the_thread_count_beyond_one() {
     for (a, b) in one.iter().zip(&two) {
         close(a, b, 1e-5, "one thread against two");
     }
-    close(&two[0], &dfdx_pass(&layer, &x, &dy)[0], 1e-5, "two threads against dfdx");
+    close(
+        &two[0],
+        &dfdx_pass(&layer, &x, &dy)[0],
+        1e-5,
+        "two threads against dfdx",
+    );
 }

@@ -11,8 +11,11 @@
 //! dtypes keep dfdx's ops.
 //!
 //! dfdx 0.13 lends a tensor's storage to its own kernels only, so the op reads the weight and
-//! the input through a copy into a buffer of its own (a memcpy, about 5 % of the product it
-//! feeds), and keeps those copies for the backward pass. Gradients are written in place.
+//! the input through a copy into a buffer of its own (0.33 ms for a 784x1024 f32 weight, about
+//! a fifth of the product it feeds), and keeps those copies for the backward pass. Gradients
+//! are written in place. With more than one rayon thread the forward product runs in fixed
+//! blocks of output units, one per thread ([`UNITS_PER_BLOCK`]), because gemm splits it poorly
+//! itself.
 
 use std::any::{Any, TypeId};
 

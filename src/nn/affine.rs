@@ -187,12 +187,12 @@ fn forward_product<E: Dtype>(
     }
 }
 
-fn gemm_dtype<E: 'static>() -> bool {
+pub(crate) fn gemm_dtype<E: 'static>() -> bool {
     TypeId::of::<E>() == TypeId::of::<f32>() || TypeId::of::<E>() == TypeId::of::<f64>()
 }
 
 /// A storage vector of `D`, which the caller has checked is `Cpu`, as the `Vec` it then is.
-fn cpu_vec<E: Dtype, D: Storage<E>>(v: &mut D::Vec) -> &mut Vec<E> {
+pub(crate) fn cpu_vec<E: Dtype, D: Storage<E>>(v: &mut D::Vec) -> &mut Vec<E> {
     match (v as &mut dyn Any).downcast_mut::<<Cpu as Storage<E>>::Vec>() {
         Some(v) => v,
         None => unreachable!("the gemm path runs on the Cpu device only"),
@@ -230,34 +230,34 @@ impl<E: Dtype, D: Device<E>, T: Tape<E, D>> Module<Batch<E, D, T>> for Linear<E,
 
 /// Where a gemm call runs: on rayon's pool (as dfdx's matmul does), or on the calling thread.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Threads {
+pub(crate) enum Threads {
     Pool,
     One,
 }
 
 /// Whether `dst` adds the product to what it holds or is overwritten by it.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Accumulate {
+pub(crate) enum Accumulate {
     Yes,
     No,
 }
 
 /// A row-major matrix to write.
-struct Mat<'a, E> {
+pub(crate) struct Mat<'a, E> {
     data: &'a mut [E],
     rows: usize,
     cols: usize,
 }
 
 impl<'a, E> Mat<'a, E> {
-    fn rows(data: &'a mut [E], rows: usize, cols: usize) -> Self {
+    pub(crate) fn rows(data: &'a mut [E], rows: usize, cols: usize) -> Self {
         assert_eq!(data.len(), rows * cols, "a buffer of {rows}x{cols}");
         Self { data, rows, cols }
     }
 }
 
 /// A matrix to read: row-major data, read as itself or as its transpose.
-struct MatRef<'a, E> {
+pub(crate) struct MatRef<'a, E> {
     data: &'a [E],
     rows: usize,
     cols: usize,
@@ -267,7 +267,7 @@ struct MatRef<'a, E> {
 
 impl<'a, E> MatRef<'a, E> {
     /// `data` holds a `rows` x `cols` matrix, row-major.
-    fn rows(data: &'a [E], rows: usize, cols: usize) -> Self {
+    pub(crate) fn rows(data: &'a [E], rows: usize, cols: usize) -> Self {
         assert_eq!(data.len(), rows * cols, "a buffer of {rows}x{cols}");
         Self {
             data,
@@ -280,7 +280,7 @@ impl<'a, E> MatRef<'a, E> {
 
     /// `data` holds the transpose of a `rows` x `cols` matrix, row-major (a `cols` x `rows`
     /// buffer).
-    fn transposed(data: &'a [E], rows: usize, cols: usize) -> Self {
+    pub(crate) fn transposed(data: &'a [E], rows: usize, cols: usize) -> Self {
         assert_eq!(data.len(), rows * cols, "a buffer of {cols}x{rows}");
         Self {
             data,
@@ -295,7 +295,7 @@ impl<'a, E> MatRef<'a, E> {
 /// `dst (+)= lhs rhs` through gemm, on rayon's pool (as many threads as dfdx's matmul uses)
 /// or on the calling thread.
 #[allow(unsafe_code)]
-fn gemm_into<E: Dtype>(
+pub(crate) fn gemm_into<E: Dtype>(
     dst: Mat<'_, E>,
     lhs: MatRef<'_, E>,
     rhs: MatRef<'_, E>,

@@ -1,8 +1,6 @@
-//! The im2col of a convolution and its backward: a host loop registered as one op on dfdx's
-//! tape (the `Cpu` route) and a device-generic route through dfdx's `concat_along` and
-//! `gather` (see the parent module for why both exist).
-
-use std::any::Any;
+//! The im2col of a convolution and its backward: host loops over a batch-major layout (the
+//! `Cpu` route, whose op is `fused`) and a device-generic route through dfdx's `concat_along`
+//! and `gather` (see the parent module for why both exist).
 
 use dfdx::prelude::*;
 
@@ -47,96 +45,66 @@ impl Geometry {
     }
 }
 
-/// A CPU gradient buffer as a slice (where `Cpu: Device<E>` is assumed the compiler does not
-/// see that the buffer dereferences to a vector).
-pub(super) fn cpu_slice<E: Dtype>(v: &mut <Cpu as Storage<E>>::Vec) -> &mut [E] {
-    v
-}
-
-/// The host im2col, as one op on dfdx's tape. The forward works on any device (through host
-/// copies); the backward reads and writes gradients in place, which needs the `Cpu` device,
-/// the only one that dispatches here.
-pub(super) fn im2col_host<E: Real, D: Device<E>, T: Tape<E, D>>(
-    x: Images<E, D, T>,
-    g: &Geometry,
-) -> Result<Cols<E, D, T>, D::Err> {
-    // Contiguous, so that the input's data and its gradient are in logical order.
-    let x = x.try_contiguous()?;
-    let (x, mut tape) = x.split_tape();
-    let out = im2col_values(&x, g)?;
-    // dfdx's `GhostTensor` cannot be named outside dfdx (so not downcast): the backward
-    // keeps the tensors themselves, which shares their buffers, copies nothing.
-    let (x_held, out_held) = (x.clone(), out.clone());
-    let g = *g;
-    tape.add_backward_op(move |grads| {
-        grads.try_alloc_for(&x_held)?;
-        grads.try_alloc_for(&out_held)?;
-        col2im_cpu(grads, &x_held, &out_held, &g);
-        Ok(())
-    });
-    Ok(out.put_tape(tape))
-}
-
-/// The im2col of a contiguous batch, untraced.
-pub(super) fn im2col_values<E: Real, D: Device<E>>(
-    x: &Images<E, D>,
-    g: &Geometry,
-) -> Result<Cols<E, D>, D::Err> {
-    let mut host = vec![E::zero(); g.batch * g.channels * g.h * g.w];
-    x.copy_into(&mut host);
-    // Written in order, so the buffer is never zeroed first.
-    let mut cols = Vec::with_capacity(g.batch * (g.fields() + 1) * g.pixels());
-    for_each_run(g, |src, run| match src {
-        Run::Input(start, 1) => cols.extend_from_slice(&host[start..start + run]),
-        Run::Input(start, step) => cols.extend((0..run).map(|n| host[start + n * step])),
-        Run::Zeros => cols.extend(std::iter::repeat_n(E::zero(), run)),
-        Run::Ones => cols.extend(std::iter::repeat_n(E::one(), run)),
-    });
-    x.device()
-        .try_tensor_from_vec(cols, (g.batch, g.fields() + 1, g.pixels()))
-}
-
-/// Adds the im2col's gradient back into the input's gradient (both already allocated).
-pub(super) fn col2im_cpu<E: Real, D: Device<E>>(
-    grads: &mut Gradients<E, D>,
-    x: &Images<E, D>,
-    out: &Cols<E, D>,
-    g: &Geometry,
-) {
-    const CPU_ONLY: &str = "im2col_host runs only on the Cpu device";
-    let grads = (grads as &mut dyn Any)
-        .downcast_mut::<Gradients<E, Cpu>>()
-        .expect(CPU_ONLY);
-    let x = (x as &dyn Any)
-        .downcast_ref::<Images<E, Cpu>>()
-        .expect(CPU_ONLY);
-    let out = (out as &dyn Any)
-        .downcast_ref::<Cols<E, Cpu>>()
-        .expect(CPU_ONLY);
-    // Both gradients live in the same map: move the output's out while adding into the
-    // input's, then put it back untouched.
-    const ALLOCATED: &str = "both gradients were allocated just before";
-    let g_out = std::mem::take(&mut **grads.get_or_alloc_mut(out).expect(ALLOCATED));
-    let g_x: &mut [E] = grads.get_or_alloc_mut(x).expect(ALLOCATED);
+/// The im2col of a contiguous batch `x` (flat `(batch, c, h, w)`) laid out batch-major:
+/// `(c * kh * kw + 1, batch * oh * ow)`, image `b`'s columns at `b * oh * ow ..`, the last row
+/// ones. One product with `[weight | bias]` then convolves the whole batch (see `fused`).
+pub(super) fn im2col_batch_major<E: Real>(x: &[E], g: &Geometry) -> Vec<E> {
+    let mut cols = vec![E::zero(); (g.fields() + 1) * g.batch * g.pixels()];
+    if cols.is_empty() {
+        return cols;
+    }
     let mut at = 0;
     for_each_run(g, |src, run| {
-        let from = &g_out[at..at + run];
+        let dst = &mut cols[batch_major(g, at)..][..run];
+        match src {
+            Run::Input(start, 1) => dst.copy_from_slice(&x[start..start + run]),
+            Run::Input(start, step) => {
+                for (n, d) in dst.iter_mut().enumerate() {
+                    *d = x[start + n * step];
+                }
+            }
+            Run::Zeros => {}
+            Run::Ones => dst.fill(E::one()),
+        }
+        at += run;
+    });
+    cols
+}
+
+/// Adds a batch-major im2col gradient `(c * kh * kw + 1, batch * oh * ow)` back into the
+/// gradient of the contiguous input, `gx` (flat `(batch, c, h, w)`).
+pub(super) fn col2im_batch_major<E: Real>(cols: &[E], g: &Geometry, gx: &mut [E]) {
+    if cols.is_empty() {
+        return;
+    }
+    let mut at = 0;
+    for_each_run(g, |src, run| {
+        let from = &cols[batch_major(g, at)..][..run];
         match src {
             Run::Input(start, 1) => {
-                for (d, s) in g_x[start..start + run].iter_mut().zip(from) {
+                for (d, s) in gx[start..start + run].iter_mut().zip(from) {
                     *d += *s;
                 }
             }
             Run::Input(start, step) => {
                 for (n, s) in from.iter().enumerate() {
-                    g_x[start + n * step] += *s;
+                    gx[start + n * step] += *s;
                 }
             }
             Run::Zeros | Run::Ones => {}
         }
         at += run;
     });
-    **grads.get_or_alloc_mut(out).expect(ALLOCATED) = g_out;
+}
+
+/// Where entry `at` of the image-major im2col `(batch, fields + 1, pixels)` lies in the
+/// batch-major one `(fields + 1, batch * pixels)`. A run never crosses a row, so a run
+/// starting at `at` stays contiguous there.
+fn batch_major(g: &Geometry, at: usize) -> usize {
+    let (rows, pixels) = (g.fields() + 1, g.pixels());
+    let (image, within) = (at / (rows * pixels), at % (rows * pixels));
+    let (row, pixel) = (within / pixels, within % pixels);
+    row * g.batch * pixels + image * pixels + pixel
 }
 
 /// Where a run of consecutive im2col entries comes from.

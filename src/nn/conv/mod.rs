@@ -1,23 +1,25 @@
 //! A 2-D convolution whose channel counts are decided at run time, so it can grow.
 //!
 //! dfdx 0.13 compiles its own `conv2d` op and `nn::Conv2D` only with its `nightly` feature.
-//! This layer is built from what stable dfdx offers. Per image, an im2col lays the receptive
-//! fields out as a `(in_channels * kh * kw + 1, oh * ow)` matrix (one column per output pixel;
-//! the last row is ones), and one batched dfdx `matmul` with `[weight | bias]`
-//! (`(out, in * kh * kw + 1)`, broadcast over the batch) gives the `(out, oh * ow)` output:
-//! already in `(batch, channels, h, w)` order, with the bias added by the product itself. The
-//! products, most of the time, go through dfdx's gemm, and autograd through dfdx's tape.
+//! This layer is built from what stable dfdx offers. An im2col lays the receptive fields out
+//! as a matrix with one row per weight of an output channel (`in_channels * kh * kw`, plus a
+//! row of ones) and one column per output pixel; a product with `[weight | bias]`
+//! (`(out, in * kh * kw + 1)`) gives the output, with the bias added by the product itself.
 //!
-//! The im2col has two implementations with the same result:
-//! - on the `Cpu` device, a host loop registered as one op on dfdx's tape (its backward adds
-//!   the im2col's gradient back into the input's), which copies runs of pixels;
+//! Two routes compute it, with the same result to rounding:
+//! - on the `Cpu` device (f32, f64), one op on dfdx's tape (`fused`): the im2col of the whole
+//!   batch laid out batch-major, `(fields + 1, batch * oh * ow)`, by host loops that copy runs
+//!   of pixels, and **one** product through gemm's AVX-512 kernels (`nn::affine`); its backward
+//!   is one product for `[weight | bias]` and one for the im2col, folded back into the input's
+//!   gradient;
 //! - on any other device, dfdx's own `concat_along` (the zero padding, the ones row) and
-//!   `gather` (the receptive fields): device-generic, but 2-3x slower per training step on the
-//!   CPU, where dfdx's gather walks its index one element at a time.
+//!   `gather` (the receptive fields) per image, `(fields + 1, oh * ow)`, and one batched dfdx
+//!   `matmul` (a product per image): device-generic, but several times slower on the CPU,
+//!   where dfdx's gather walks its index one element at a time and each image's small product
+//!   pays a call's fixed cost.
 //!
-//! A first layer on data takes `Data(x)` (as [`Linear`](crate::Linear) does): its backward op computes only
-//! the weight and bias gradients, skipping the im2col's backward and the product for the
-//! input.
+//! A first layer on data takes `Data(x)` (as [`Linear`](crate::Linear) does): its backward
+//! computes only the weight and bias gradients, skipping the im2col's product and backward.
 //!
 //! Slices were not used: dfdx 0.13's `slice` backward *assigns* the incoming gradient instead
 //! of adding it, so overlapping slices of one tensor (every kernel offset of a convolution)
@@ -36,8 +38,6 @@
 //! So growth only appends rows and columns, which is what the growth-aware optimizers assume
 //! when they pad their state, and the weight is already the matrix the product needs.
 
-use std::any::{Any, TypeId};
-
 use dfdx::prelude::*;
 use rand::Rng;
 
@@ -50,10 +50,13 @@ use crate::sampling::uniform;
 use crate::{Data, Expandable, GrowError, Real};
 
 mod flat_linear;
+mod fused;
 mod im2col;
 
 pub use flat_linear::{flatten, FlatLinear};
-use im2col::{cpu_slice, im2col_gather, im2col_host, im2col_values, Cols, Geometry};
+use im2col::{im2col_gather, Cols, Geometry};
+
+use crate::nn::affine::InputGrad;
 
 /// A batch of images, `(batch, channels, height, width)`.
 pub type Images<E, D, T = NoneTape> = Tensor<(usize, usize, usize, usize), E, D, T>;
@@ -510,86 +513,27 @@ impl<E: Real, D: Device<E>, T: Tape<E, D>> Module<Images<E, D, T>> for Conv2d<E,
     /// Panics where [`Conv2d::check_input`] fails (as dfdx's own layers panic on shapes).
     fn try_forward(&self, x: Images<E, D, T>) -> Result<Self::Output, D::Err> {
         let g = self.geometry(x.shape());
-        let cols = if TypeId::of::<D>() == TypeId::of::<Cpu>() {
-            im2col_host(x, &g)?
-        } else {
-            im2col_gather(x, &g)?
-        };
+        if fused::applies::<E, D>() {
+            return fused::conv(self, x, &g, InputGrad::Wanted);
+        }
+        let cols = im2col_gather(x, &g)?;
         self.project(cols, &g)
     }
 }
 
 /// A first layer on data: the same output and weight and bias gradients as the plain
-/// forward (up to the order of the batch sum), without the input's gradient (see [`Data`]),
-/// which saves the im2col's backward and one product per image in the backward pass.
-impl<E: Real, D: Device<E>, T: Tape<E, D> + 'static> Module<Data<Images<E, D, T>>> for Conv2d<E, D>
-where
-    Cpu: Device<E>,
-{
+/// forward, without the input's gradient (see [`Data`]), which saves one product and the
+/// im2col's backward in the backward pass. On devices other than the `Cpu`, the plain forward.
+impl<E: Real, D: Device<E>, T: Tape<E, D>> Module<Data<Images<E, D, T>>> for Conv2d<E, D> {
     type Output = Images<E, D, T>;
     type Error = D::Err;
 
     /// Panics where [`Conv2d::check_input`] fails.
     fn try_forward(&self, x: Data<Images<E, D, T>>) -> Result<Self::Output, D::Err> {
-        conv_on_data(self, x.0)
-    }
-}
-
-/// The convolution with a backward op that computes the gradients of the weight and bias
-/// only: `d[weight | bias] = sum over images of dY_b cols_b^T`.
-fn conv_on_data<E: Real, D: Device<E>, T: Tape<E, D> + 'static>(
-    layer: &Conv2d<E, D>,
-    x: Images<E, D, T>,
-) -> Result<Images<E, D, T>, D::Err>
-where
-    Cpu: Device<E>,
-{
-    if !T::OWNS_TAPE || TypeId::of::<D>() != TypeId::of::<Cpu>() {
-        return layer.try_forward(x);
-    }
-    let g = layer.geometry(x.shape());
-    let (x, mut tape) = x.split_tape();
-    let cols = im2col_values(&x.clone().try_contiguous()?, &g)?;
-    let y = layer.project(cols.clone(), &g)?;
-    let on_cpu = (
-        (&cols as &dyn Any).downcast_ref::<Cols<E, Cpu>>(),
-        (&y as &dyn Any).downcast_ref::<Images<E, Cpu>>(),
-        (&layer.weight as &dyn Any).downcast_ref::<Matrix<E, Cpu>>(),
-        (&layer.bias as &dyn Any).downcast_ref::<Vector<E, Cpu>>(),
-        (&mut tape as &mut dyn Any).downcast_mut::<OwnedTape<E, Cpu>>(),
-    );
-    let (Some(cols), Some(y_cpu), Some(w), Some(b), Some(cpu_tape)) = on_cpu else {
-        // Not reachable with dfdx's own tapes; a tape of another kind takes the plain path.
-        return layer.try_forward(x.put_tape(tape));
-    };
-    let (cols, y_ghost, w_ghost, b_ghost) = (cols.clone(), y_cpu.ghost(), w.ghost(), b.ghost());
-    let (batch, out, fields) = (g.batch, layer.out_channels(), g.fields());
-    cpu_tape.add_backward_op(move |grads: &mut Gradients<E, Cpu>| {
-        let dev = cols.device().clone();
-        let dy = cpu_slice::<E>(grads.get_or_alloc_mut(&y_ghost)?).to_vec();
-        let dy = dev.try_tensor_from_vec(dy, (batch, out, g.pixels()))?;
-        let dwb = dy
-            .try_matmul(cols.try_permute::<_, Axes3<0, 2, 1>>()?)?
-            .as_vec();
-        // Image by image, in order, as dfdx's broadcast product accumulates them.
-        let gw = cpu_slice::<E>(grads.get_or_alloc_mut(&w_ghost)?);
-        for image in dwb.chunks_exact(out * (fields + 1)) {
-            for (gw, row) in gw
-                .chunks_exact_mut(fields)
-                .zip(image.chunks_exact(fields + 1))
-            {
-                for (g, d) in gw.iter_mut().zip(row) {
-                    *g += *d;
-                }
-            }
+        if fused::applies::<E, D>() {
+            let g = self.geometry(x.0.shape());
+            return fused::conv(self, x.0, &g, InputGrad::Skipped);
         }
-        let gb = cpu_slice::<E>(grads.get_or_alloc_mut(&b_ghost)?);
-        for image in dwb.chunks_exact(out * (fields + 1)) {
-            for (g, row) in gb.iter_mut().zip(image.chunks_exact(fields + 1)) {
-                *g += row[fields];
-            }
-        }
-        Ok(())
-    });
-    Ok(y.put_tape(tape))
+        self.try_forward(x.0)
+    }
 }

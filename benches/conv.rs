@@ -316,16 +316,17 @@ fn adam() -> Adam<f32> {
     .unwrap()
 }
 
-/// The two im2col paths of `Conv2d` in the same CNN step. Run after the PyTorch comparison:
-/// the portable path's large allocations change glibc's heap thresholds for the rest of the
-/// process, which makes the other case's step cheaper than in a process of its own.
+/// The two routes of `Conv2d` (the `Cpu` one and the portable one) in the same CNN step. Run
+/// after the PyTorch comparison: the portable route's large allocations change glibc's heap
+/// thresholds for the rest of the process, which makes the other case's step cheaper than in
+/// a process of its own.
 fn compare_portable(dev: &Cpu) {
     let (x, y) = data(dev);
     let mut ours = Cnn::new(dev);
     let mut portable = ours.clone();
     let (mut opt, mut popt) = (adam(), adam());
     let names = [
-        "dfdx-grow Conv2d CNN + optim::Adam (host im2col, the Cpu path), x traced",
+        "dfdx-grow Conv2d CNN + optim::Adam (the Cpu route: batch-major im2col, one gemm product), x traced",
         "dfdx-grow Conv2d CNN, portable im2col (concat_along + gather), x traced",
     ];
     let mut cases = vec![
@@ -339,7 +340,7 @@ fn compare_portable(dev: &Cpu) {
         }),
     ];
     let s = compare(&mut cases, 0, WARMUP, reps(40));
-    table("(d) the two im2col paths, one Adam step", names[0], &s);
+    table("(d) the two routes, one Adam step", names[0], &s);
 }
 
 /// This process's CPU time (user + system) in seconds, from `/proc/self/stat` (Linux; in
@@ -369,7 +370,8 @@ fn anatomy(dev: &Cpu) {
         let (oh, ow) = conv.output_size(h, w).unwrap();
         let o = conv.out_channels();
         let r: Images<f32, Cpu> = dev.sample_uniform_like(&(b, o, oh, ow));
-        // The layer's own im2col layout: per image, (c * 3 * 3 + 1 ones row, oh * ow).
+        // The portable route's im2col layout: per image, (c * 3 * 3 + 1 ones row, oh * ow),
+        // multiplied image by image by dfdx's batched matmul.
         let cols: Tensor<(usize, usize, usize), f32, Cpu> =
             dev.sample_uniform_like(&(b, c * 9 + 1, oh * ow));
         let (r1, r2) = (r.clone(), r.clone());
@@ -396,7 +398,9 @@ fn anatomy(dev: &Cpu) {
             },
         ));
         cases.push(whole(
-            &format!("{name}: the product alone (im2col matrix given), forward + backward"),
+            &format!(
+                "{name}: dfdx's per-image product alone (the portable route's), forward + backward"
+            ),
             move || {
                 let grads = conv.try_alloc_grads().unwrap();
                 let bias = conv.bias().retaped::<Tp>().reshape_like(&(o, 1));

@@ -63,7 +63,8 @@
 //! - When and where to grow: [`policy`]; saving and resuming a grown run: [`checkpoint`]; the
 //!   log: [`audit`].
 // One `unsafe` block in the crate, allowed where it stands: the call into gemm for a linear
-// layer's products on the CPU (`nn::affine`), whose pointers and strides it checks first.
+// layer's and a convolution's products on the CPU (`nn::gemm`), whose pointers and strides it
+// checks first.
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 

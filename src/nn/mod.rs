@@ -7,6 +7,7 @@ pub(crate) mod affine;
 pub(crate) mod cnn;
 pub(crate) mod conv;
 pub(crate) mod data_input;
+pub(crate) mod gemm;
 pub(crate) mod linear;
 pub(crate) mod loss;
 pub(crate) mod mlp;
@@ -23,7 +24,7 @@ pub use resmlp::{Block, ResMlp, ResMlpSpec};
 
 use std::any::Any;
 
-use dfdx::prelude::{Cpu, HasShape, Shape, Storage, Tensor, Unit};
+use dfdx::prelude::{Cpu, Dtype, HasShape, Shape, Storage, Tensor, Unit};
 
 /// A tensor's elements on the host, row-major. On the CPU a tensor laid out row-major (every
 /// parameter the crate makes, every output of dfdx's ops) is one memcpy; dfdx's `as_vec`
@@ -68,4 +69,12 @@ pub(crate) fn cpu_steps<S: Shape, E: Unit, T>(t: &Tensor<S, E, Cpu, T>) -> S::Co
         }
     }
     steps
+}
+
+/// A storage vector of `D`, which the caller has checked is `Cpu`, as the `Vec` it then is.
+pub(crate) fn cpu_vec<E: Dtype, D: Storage<E>>(v: &mut D::Vec) -> &mut Vec<E> {
+    match (v as &mut dyn Any).downcast_mut::<<Cpu as Storage<E>>::Vec>() {
+        Some(v) => v,
+        None => unreachable!("the gemm path runs on the Cpu device only"),
+    }
 }

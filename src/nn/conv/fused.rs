@@ -15,9 +15,9 @@ use dfdx::prelude::*;
 
 use super::im2col::{col2im_batch_major, im2col_batch_major, Geometry};
 use super::{Conv2d, Images};
-use crate::nn::affine::{
-    cpu_vec, gemm_dtype, gemm_into, Accumulate, InputGrad, Mat, MatRef, Threads,
-};
+use crate::nn::affine::InputGrad;
+use crate::nn::cpu_vec;
+use crate::nn::gemm::{gemm_dtype, gemm_into, Accumulate, Mat, MatRef, Threads};
 use crate::nn::host_vec;
 use crate::Real;
 

@@ -14,7 +14,7 @@
 //! blocks of output units spread over the threads ([`UNITS_PER_BLOCK`]), because gemm splits
 //! it poorly itself.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 
 use rayon::prelude::*;
 
@@ -24,7 +24,7 @@ use dfdx::prelude::{
 };
 
 use super::cpu_vec;
-use super::gemm::{gemm_dtype, gemm_into, Accumulate, Mat, MatRef, Threads};
+use super::gemm::{gemm_into, runs_here, Accumulate, Mat, MatRef, Threads};
 use crate::Linear;
 
 pub(crate) type Batch<E, D, T> = Tensor<(usize, usize), E, D, T>;
@@ -44,9 +44,8 @@ pub(crate) fn affine<E: Dtype, D: Device<E>, T: Tape<E, D>>(
     x: Batch<E, D, T>,
     input: InputGrad,
 ) -> Result<Batch<E, D, T>, D::Err> {
-    let on_cpu = TypeId::of::<D>() == TypeId::of::<Cpu>();
     // A mismatched input goes to dfdx, which reports it as it always has.
-    if !on_cpu || !gemm_dtype::<E>() || x.shape().1 != layer.weight.shape().1 {
+    if !runs_here::<E, D>() || x.shape().1 != layer.weight.shape().1 {
         return dfdx_affine(layer, x);
     }
     let (x, mut tape) = x.split_tape();
@@ -187,7 +186,7 @@ fn forward_product<E: Dtype>(
 }
 
 /// dfdx's own ops: matmul with the permuted weight, then the broadcast bias.
-pub(crate) fn dfdx_affine<E: Dtype, D: Device<E>, T: Tape<E, D>>(
+fn dfdx_affine<E: Dtype, D: Device<E>, T: Tape<E, D>>(
     layer: &Linear<E, D>,
     x: Batch<E, D, T>,
 ) -> Result<Batch<E, D, T>, D::Err> {

@@ -8,11 +8,17 @@
 
 use std::any::TypeId;
 
-use dfdx::prelude::Dtype;
+use dfdx::prelude::{Cpu, Dtype};
 
 /// Whether gemm implements `E` (f32 and f64 among the crate's dtypes).
 pub(crate) fn gemm_dtype<E: 'static>() -> bool {
     TypeId::of::<E>() == TypeId::of::<f32>() || TypeId::of::<E>() == TypeId::of::<f64>()
+}
+
+/// Whether a layer on device `D` with elements `E` runs its products here: the `Cpu` device
+/// and a dtype gemm implements. Other devices and dtypes keep dfdx's ops.
+pub(crate) fn runs_here<E: 'static, D: 'static>() -> bool {
+    TypeId::of::<D>() == TypeId::of::<Cpu>() && gemm_dtype::<E>()
 }
 
 /// Where a gemm call runs: on rayon's pool (as dfdx's matmul does), or on the calling thread.

@@ -9,25 +9,18 @@
 //! `[weight | bias]` and, unless the input is data, one for the im2col, folded back into the
 //! input's gradient. Results agree with the per-image route to rounding.
 
-use std::any::TypeId;
-
 use dfdx::prelude::*;
 
 use super::im2col::{col2im_batch_major, im2col_batch_major, Geometry};
 use super::{Conv2d, Images};
 use crate::nn::affine::InputGrad;
 use crate::nn::cpu_vec;
-use crate::nn::gemm::{gemm_dtype, gemm_into, Accumulate, Mat, MatRef, Threads};
+use crate::nn::gemm::{gemm_into, Accumulate, Mat, MatRef, Threads};
 use crate::nn::host_vec;
 use crate::Real;
 
-/// Whether `conv` takes this route: the `Cpu` device and a dtype gemm implements.
-pub(super) fn applies<E: Real, D: Device<E>>() -> bool {
-    TypeId::of::<D>() == TypeId::of::<Cpu>() && gemm_dtype::<E>()
-}
-
 /// The convolution of `x` by `layer` through one product over the batch (the caller has
-/// checked [`applies`] and the input's shape).
+/// checked `nn::gemm::runs_here` and the input's shape).
 pub(super) fn conv<E: Real, D: Device<E>, T: Tape<E, D>>(
     layer: &Conv2d<E, D>,
     x: Images<E, D, T>,

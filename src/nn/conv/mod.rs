@@ -57,6 +57,7 @@ pub use flat_linear::{flatten, FlatLinear};
 use im2col::{im2col_gather, Cols, Geometry};
 
 use crate::nn::affine::InputGrad;
+use crate::nn::gemm::runs_here;
 
 /// A batch of images, `(batch, channels, height, width)`.
 pub type Images<E, D, T = NoneTape> = Tensor<(usize, usize, usize, usize), E, D, T>;
@@ -513,7 +514,7 @@ impl<E: Real, D: Device<E>, T: Tape<E, D>> Module<Images<E, D, T>> for Conv2d<E,
     /// Panics where [`Conv2d::check_input`] fails (as dfdx's own layers panic on shapes).
     fn try_forward(&self, x: Images<E, D, T>) -> Result<Self::Output, D::Err> {
         let g = self.geometry(x.shape());
-        if fused::applies::<E, D>() {
+        if runs_here::<E, D>() {
             return fused::conv(self, x, &g, InputGrad::Wanted);
         }
         let cols = im2col_gather(x, &g)?;
@@ -530,7 +531,7 @@ impl<E: Real, D: Device<E>, T: Tape<E, D>> Module<Data<Images<E, D, T>>> for Con
 
     /// Panics where [`Conv2d::check_input`] fails.
     fn try_forward(&self, x: Data<Images<E, D, T>>) -> Result<Self::Output, D::Err> {
-        if fused::applies::<E, D>() {
+        if runs_here::<E, D>() {
             let g = self.geometry(x.0.shape());
             return fused::conv(self, x.0, &g, InputGrad::Skipped);
         }

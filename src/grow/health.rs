@@ -282,11 +282,9 @@ fn measure<E: Real, D: Device<E>, M: Growable<E, D>>(
 ) -> Result<Vec<CohortHealth>, GrowError> {
     // `site_mut` lends the layers; a clone shares the tensors (copy on write), so this is cheap.
     let mut m = model.clone();
-    let sites = model.sites();
-    let s = m.site_mut(site).ok_or_else(|| GrowError::NoSuchSite {
-        name: site.to_string(),
-        sites: crate::grow::site::site_names(&sites),
-    })?;
+    let s = m
+        .site_mut(site)
+        .ok_or_else(|| crate::grow::site::no_such_site(model, site))?;
     let width = s.producer.out_width();
     if activity.width != width {
         return Err(GrowError::ShapeMismatch {
@@ -353,11 +351,9 @@ pub fn reinitialise_units<E: Real, D: Device<E>, M: Growable<E, D>>(
     }
     let backup = model.clone();
     let result = (|| {
-        let sites = model.sites();
-        let s = model.site_mut(site).ok_or_else(|| GrowError::NoSuchSite {
-            name: site.to_string(),
-            sites: crate::grow::site::site_names(&sites),
-        })?;
+        let Some(s) = model.site_mut(site) else {
+            return Err(crate::grow::site::no_such_site(model, site));
+        };
         let fresh = {
             let consumers: Vec<&dyn Expandable<E>> = s.consumers.iter().map(|c| &**c).collect();
             Init::ZerosOut.plan(&*s.producer, &consumers, units.len(), rng)?

@@ -203,6 +203,18 @@ pub(crate) fn site_names(sites: &[Site]) -> Vec<String> {
     sites.iter().map(|s| s.name.clone()).collect()
 }
 
+/// The error for a site `name` that `model` lacks, naming the sites it has (listed only when
+/// the error is made, not on every lookup that succeeds).
+pub(crate) fn no_such_site<E: Real, D: Device<E>, M: Growable<E, D>>(
+    model: &M,
+    name: &str,
+) -> GrowError {
+    GrowError::NoSuchSite {
+        name: name.to_string(),
+        sites: site_names(&model.sites()),
+    }
+}
+
 /// Every check of [`grow_site`] that needs no sampling; returns the site.
 pub fn check_growth<E: Real, D: Device<E>, M: Growable<E, D>>(
     model: &M,
@@ -292,11 +304,9 @@ fn plan_at<E: Real, D: Device<E>, M: Growable<E, D>, T>(
     name: &str,
     plan: impl FnOnce(&dyn Expandable<E>, &[&dyn Expandable<E>]) -> Result<T, GrowError>,
 ) -> Result<T, GrowError> {
-    let missing = || GrowError::NoSuchSite {
-        name: name.to_string(),
-        sites: vec![],
+    let Some(s) = model.site_mut(name) else {
+        return Err(no_such_site(model, name));
     };
-    let s = model.site_mut(name).ok_or_else(missing)?;
     let width = s.producer.out_width();
     for c in &s.consumers {
         if c.in_width() != width {
@@ -317,11 +327,9 @@ fn apply_units<E: Real, D: Device<E>, M: Growable<E, D>>(
     name: &str,
     units: &NewUnits<E>,
 ) -> Result<(), GrowError> {
-    let missing = || GrowError::NoSuchSite {
-        name: name.to_string(),
-        sites: vec![],
+    let Some(s) = model.site_mut(name) else {
+        return Err(no_such_site(model, name));
     };
-    let s = model.site_mut(name).ok_or_else(missing)?;
     if s.consumers.len() != units.fan_out.len() {
         return Err(GrowError::ShapeMismatch {
             what: format!("fan-outs planned for the consumers of site {name:?}"),

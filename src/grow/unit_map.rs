@@ -46,11 +46,9 @@ pub(crate) fn unit_map<E: Real, D: Device<E>, M: Growable<E, D>>(
         let n = p.as_ref().len();
         p.copy_from(&vec![E::zero(); n]);
     });
-    let sites = model.sites();
-    let s = m.site_mut(site).ok_or_else(|| GrowError::NoSuchSite {
-        name: site.to_string(),
-        sites: crate::grow::site::site_names(&sites),
-    })?;
+    let s = m
+        .site_mut(site)
+        .ok_or_else(|| crate::grow::site::no_such_site(model, site))?;
     let width = s.producer.out_width();
     // Every code up to 2 * width + 1 must be an exact integer in E (f32: up to 2^23 here).
     let top = width.saturating_mul(2).saturating_add(1) as f64;

@@ -33,6 +33,8 @@
 //! Seeds: the model's init draws from `StdRng(seed)`, the batch order from `StdRng(seed + 1)`,
 //! growth from `StdRng(seed ^ 0x9e3779b9)`, so every variant of a seed sees the same batches.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::ops::Range;
@@ -42,8 +44,8 @@ use std::time::Instant;
 use dfdx_grow::dfdx::prelude::*;
 use dfdx_grow::health::{site_health, CohortHealth, NewUnitsSummary};
 use dfdx_grow::optim::{Adam, AdamConfig, Optimizer};
-use dfdx_grow::rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
-use dfdx_grow::{Activation, Data, Init, Loss, LossProbe, Mlp, Params, Probe};
+use dfdx_grow::rand::{rngs::StdRng, SeedableRng};
+use dfdx_grow::{Activation, Init, Loss, LossProbe, Mlp, Probe};
 use dfdx_grow_data::{self as data, Dataset};
 use serde_json::{json, Value};
 
@@ -143,51 +145,6 @@ fn variant(name: &str) -> Result<Option<(Init, f64)>, String> {
         "static" => return Ok(None),
         other => return Err(format!("unknown variant {other:?}: one of {VARIANTS:?}")),
     }))
-}
-
-/// Shuffled batches; a new shuffle when the rest of the order cannot fill a batch (the
-/// partial batch is dropped).
-struct Batches<'a> {
-    dev: Cpu,
-    data: &'a Dataset,
-    size: usize,
-    rng: StdRng,
-    order: Vec<usize>,
-    cursor: usize,
-}
-
-impl Batches<'_> {
-    fn next_batch(&mut self) -> (Matrix, Matrix) {
-        if self.cursor + self.size > self.order.len() {
-            self.order.shuffle(&mut self.rng);
-            self.cursor = 0;
-        }
-        self.cursor += self.size;
-        self.data
-            .batch(&self.dev, &self.order[self.cursor - self.size..self.cursor])
-    }
-}
-
-type Matrix = dfdx_grow::Matrix<f32, Cpu>;
-
-/// Mean cross-entropy and accuracy on all of `ds`.
-fn evaluate(dev: &Cpu, mlp: &Mlp<f32, Cpu>, ds: &Dataset) -> (f64, f64) {
-    let (mut loss, mut correct) = (0.0, 0usize);
-    let all: Vec<usize> = (0..ds.len()).collect();
-    for chunk in all.chunks(2000) {
-        let (x, y) = ds.batch::<f32, Cpu>(dev, chunk);
-        let out = mlp.forward(x);
-        let logits = out.as_vec();
-        loss += Loss::CrossEntropy.value(out, &y) * chunk.len() as f64;
-        for (r, &i) in chunk.iter().enumerate() {
-            let row = &logits[r * ds.n_classes..(r + 1) * ds.n_classes];
-            let argmax = (0..ds.n_classes)
-                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                .unwrap_or(0);
-            correct += usize::from(argmax == usize::from(ds.labels[i]));
-        }
-    }
-    (loss / ds.len() as f64, correct as f64 / ds.len() as f64)
 }
 
 /// The data, base widths, schedule and run settings of a data set.
@@ -291,15 +248,11 @@ fn run(a: &Args) -> Result<(), String> {
     let mut opt = Adam::<f32>::new(cfg).map_err(|e| e.to_string())?;
     // Growth draws from its own stream, so every variant of a seed sees the same batches.
     let mut grow_rng = StdRng::seed_from_u64(a.seed ^ 0x9e37_79b9);
-    let order: Vec<usize> = (0..s.train.len()).collect();
-    let mut batches = Batches {
-        dev: dev.clone(),
-        data: &s.train,
-        size: s.batch,
-        rng: StdRng::seed_from_u64(a.seed.wrapping_add(1)),
-        cursor: order.len(),
-        order,
-    };
+    let mut batches = common::Batches::new(
+        &s.train,
+        s.batch,
+        StdRng::seed_from_u64(a.seed.wrapping_add(1)),
+    );
     // The whole validation set measures health; its first 1,000 images check each growth.
     let all: Vec<usize> = (0..s.val.len()).collect();
     let (vx, vy) = s.val.batch::<f32, Cpu>(&dev, &all);
@@ -324,11 +277,7 @@ fn run(a: &Args) -> Result<(), String> {
     let start_time = Instant::now();
     for step in 1..=s.steps {
         let (x, y) = batches.next_batch();
-        let grads = mlp.try_alloc_grads().map_err(|e| e.to_string())?;
-        let loss = cross_entropy_with_logits_loss(mlp.forward(Data(x.traced(grads))), y);
-        let mut grads = loss.backward();
-        opt.update(&mut mlp, &mut grads)
-            .map_err(|e| e.to_string())?;
+        common::adam_step(&mut mlp, &mut opt, x, y)?;
 
         if let (Some((init, _)), Some(&(_, k))) =
             (&grow, schedule.iter().find(|(at, _)| *at == step))
@@ -349,7 +298,7 @@ fn run(a: &Args) -> Result<(), String> {
         }
 
         if step % s.eval_every == 0 || step == s.steps {
-            let (vl, va) = evaluate(&dev, &mlp, &s.val);
+            let (vl, va) = common::evaluate(&dev, &mlp, &s.val);
             best = best.min(vl);
             (last, last_acc) = (vl, va);
             emit(

@@ -11,83 +11,7 @@
 //! 3. compares with the small model trained on for the same steps, and with a 64-256-10 model
 //!    trained from scratch with the same total FLOPs.
 
-/// The few training helpers this example needs: shuffled batches, one Adam step, evaluation.
-mod train {
-    use dfdx_grow::dfdx::prelude::*;
-    use dfdx_grow::optim::{Adam, Optimizer};
-    use dfdx_grow::rand::{rngs::StdRng, seq::SliceRandom};
-    use dfdx_grow::{Data, Loss, Mlp, Params};
-    use dfdx_grow_data::Dataset;
-
-    type M = dfdx_grow::Matrix<f32, Cpu>;
-
-    /// Mean cross-entropy and accuracy of `mlp` on all of `ds`.
-    pub fn evaluate(dev: &Cpu, mlp: &Mlp<f32, Cpu>, ds: &Dataset) -> (f64, f64) {
-        let (mut loss, mut correct) = (0.0, 0usize);
-        let all: Vec<usize> = (0..ds.len()).collect();
-        for chunk in all.chunks(2000) {
-            let (x, y): (M, M) = ds.batch(dev, chunk);
-            let out = mlp.forward(x);
-            let logits = out.as_vec();
-            loss += Loss::CrossEntropy.value(out, &y) * chunk.len() as f64;
-            for (r, &i) in chunk.iter().enumerate() {
-                let row = &logits[r * ds.n_classes..(r + 1) * ds.n_classes];
-                let argmax = (0..ds.n_classes)
-                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                    .unwrap_or(0);
-                correct += usize::from(argmax == ds.labels[i] as usize);
-            }
-        }
-        (loss / ds.len() as f64, correct as f64 / ds.len() as f64)
-    }
-
-    /// Batches of a seeded shuffle of the training set, reshuffled at each epoch's start.
-    pub struct Batches<'a> {
-        dev: Cpu,
-        data: &'a Dataset,
-        size: usize,
-        rng: StdRng,
-        order: Vec<usize>,
-        cursor: usize,
-    }
-
-    impl<'a> Batches<'a> {
-        pub fn new(data: &'a Dataset, size: usize, rng: StdRng) -> Self {
-            let order: Vec<usize> = (0..data.len()).collect();
-            Self {
-                dev: Cpu::default(),
-                data,
-                size,
-                rng,
-                cursor: order.len(),
-                order,
-            }
-        }
-
-        pub fn next_batch(&mut self) -> (M, M) {
-            if self.cursor + self.size > self.order.len() {
-                self.order.shuffle(&mut self.rng);
-                self.cursor = 0;
-            }
-            self.cursor += self.size;
-            self.data
-                .batch(&self.dev, &self.order[self.cursor - self.size..self.cursor])
-        }
-    }
-
-    /// One Adam step on `(x, y)`.
-    pub fn adam_step(
-        mlp: &mut Mlp<f32, Cpu>,
-        opt: &mut Adam<f32>,
-        x: M,
-        y: M,
-    ) -> Result<(), String> {
-        let grads = mlp.try_alloc_grads().map_err(|e| e.to_string())?;
-        let loss = cross_entropy_with_logits_loss(mlp.forward(Data(x.traced(grads))), y);
-        let mut grads = loss.backward();
-        opt.update(mlp, &mut grads).map_err(|e| e.to_string())
-    }
-}
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -123,11 +47,11 @@ fn train_for(
     steps: usize,
     seed: u64,
 ) -> Result<f64, String> {
-    let mut batches = train::Batches::new(&split.train, BATCH, StdRng::seed_from_u64(seed));
+    let mut batches = common::Batches::new(&split.train, BATCH, StdRng::seed_from_u64(seed));
     let mut spent = 0.0;
     for _ in 0..steps {
         let (x, y) = batches.next_batch();
-        train::adam_step(mlp, opt, x, y)?;
+        common::adam_step(mlp, opt, x, y)?;
         spent += flops::train_step(&mlp.widths(), BATCH, flops::ADAM_UPDATE_FLOPS);
     }
     Ok(spent)
@@ -143,7 +67,7 @@ fn continue_from(path: &Path) -> Result<(), String> {
     ckpt.restore_optimizer(&mut opt, &mlp)
         .map_err(|e| e.to_string())?;
     let loaded_widths = mlp.widths();
-    let (before, _) = train::evaluate(&dev, &mlp, &split.val);
+    let (before, _) = common::evaluate(&dev, &mlp, &split.val);
     let report = mlp
         .expand_hidden(
             0,
@@ -153,14 +77,14 @@ fn continue_from(path: &Path) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
     Optimizer::<f32, Cpu>::sync(&mut opt, &mlp).map_err(|e| e.to_string())?;
-    let (after, _) = train::evaluate(&dev, &mlp, &split.val);
+    let (after, _) = common::evaluate(&dev, &mlp, &split.val);
     eprintln!(
         "  loaded {:?} ({} params), expanded to {:?} ({} params): val loss {before:.5} -> {after:.5}",
         loaded_widths, report.params_before, mlp.widths(), report.params_after
     );
     let spent = flops::growth(report.params_after, 2)
         + train_for(&mut mlp, &mut opt, &split, SECOND, SEED + 1)?;
-    let (val, acc) = train::evaluate(&dev, &mlp, &split.val);
+    let (val, acc) = common::evaluate(&dev, &mlp, &split.val);
     println!("{val} {acc} {spent}");
     Ok(())
 }
@@ -206,7 +130,7 @@ fn run() -> Result<(), String> {
 
     eprintln!("baseline: the small model trained on for {SECOND} steps");
     let second_small = train_for(&mut small, &mut opt, &split, SECOND, SEED + 1)?;
-    let (small_val, small_acc) = train::evaluate(&dev, &small, &split.val);
+    let (small_val, small_acc) = common::evaluate(&dev, &small, &split.val);
 
     let per_step = flops::train_step(&[64, LARGE, 10], BATCH, flops::ADAM_UPDATE_FLOPS);
     let large_steps = (reused_flops / per_step) as usize;
@@ -216,7 +140,7 @@ fn run() -> Result<(), String> {
     let mut large = Mlp::<f32, Cpu>::new(&[64, LARGE, 10], Activation::Relu, &dev, &mut rng);
     let mut large_opt = adam()?;
     let large_flops = train_for(&mut large, &mut large_opt, &split, large_steps, SEED + 2)?;
-    let (large_val, large_acc) = train::evaluate(&dev, &large, &split.val);
+    let (large_val, large_acc) = common::evaluate(&dev, &large, &split.val);
 
     println!(
         "\n{:<34} {:>10} {:>9} {:>12}",

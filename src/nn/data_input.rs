@@ -57,13 +57,8 @@ impl<E: Real, D: Device<E>, T: Tape<E, D>> Module<Data<Batch<E, D, T>>> for Mlp<
     type Error = D::Err;
 
     fn try_forward(&self, x: Data<Batch<E, D, T>>) -> Result<Self::Output, D::Err> {
-        // The same sequence as the plain forward, with the first layer on data.
-        let layers = self.layers();
-        let mut h = layers[0].try_forward(x)?;
-        for layer in &layers[1..] {
-            h = self.activation().try_apply(h)?;
-            h = layer.try_forward(h)?;
-        }
-        Ok(h)
+        // The plain forward, with the first layer on data.
+        let h = self.layers()[0].try_forward(x)?;
+        self.forward_after_first(h)
     }
 }

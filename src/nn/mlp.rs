@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::grow::site::{check_growth, grow_site, grow_site_probed, DEFAULT_MAX_WIDTH};
 use crate::health::Activity;
 use crate::informed::{HostMatrix, SiteStatistics};
+use crate::nn::affine::Batch;
 use crate::params::{scoped, scoped_mut, Matrix, ParamMut, ParamRef, Params};
 use crate::{
     Activation, Expandable, ExpansionReport, GrowError, Growable, Init, Linear, Loss, LossProbe,
@@ -472,13 +473,22 @@ impl<E: Dtype, D: Device<E>, T: Tape<E, D>> Module<Tensor<(usize, usize), E, D, 
     type Error = D::Err;
 
     fn try_forward(&self, x: Tensor<(usize, usize), E, D, T>) -> Result<Self::Output, D::Err> {
-        let last = self.layers.len() - 1;
-        let mut h = x;
-        for (i, layer) in self.layers.iter().enumerate() {
+        let h = self.layers[0].try_forward(x)?;
+        self.forward_after_first(h)
+    }
+}
+
+impl<E: Dtype, D: Device<E>> Mlp<E, D> {
+    /// The rest of the forward pass from the first layer's output `h`: the activation and the
+    /// next layer, for every layer after the first (what the plain forward and the forward on
+    /// `Data` share).
+    pub(crate) fn forward_after_first<T: Tape<E, D>>(
+        &self,
+        mut h: Batch<E, D, T>,
+    ) -> Result<Batch<E, D, T>, D::Err> {
+        for layer in &self.layers[1..] {
+            h = self.act.try_apply(h)?;
             h = layer.try_forward(h)?;
-            if i < last {
-                h = self.act.try_apply(h)?;
-            }
         }
         Ok(h)
     }

@@ -259,14 +259,23 @@ pub trait Params<E: Dtype, D: Device<E>> {
 
 /// The L2 norm of `v` (the policies read one per site every step; see [`lane_sum`]).
 pub(crate) fn l2_norm<E: Dtype>(v: &[E]) -> f64 {
-    lane_sum(v, |x| x * x).sqrt()
+    let squares = lane_sum(v, |x| x * x);
+    if squares.is_finite() {
+        return squares.sqrt();
+    }
+    // Squares (or their lane sums) past E's range, from finite values above ~1.8e19 in f32:
+    // summed in f64 instead. An infinite or NaN value still gives an infinite or NaN norm.
+    v.iter()
+        .map(|x| x.to_f64().unwrap_or(f64::NAN).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// The sum of `f(x)` over `v`, in one pass near memory speed: `f` and the additions run at
 /// `E`'s width over sixteen independent lanes (so the loop vectorises), each block of 1,024
-/// elements is then added to an f64 total. In f32 a block's partial sums carry a relative
-/// error of about 1e-6 at worst, far below what a growth decision or a norm match reads;
-/// widening every element to f64 first made the pass 5x slower.
+/// elements is then added to an f64 total. In f32 a lane adds at most 64 values, so its sum
+/// carries a relative error below 64 x 2^-24 (4e-6), far below what a growth decision or a
+/// norm match reads; widening every element to f64 first made the pass 5x slower.
 pub(crate) fn lane_sum<E: Dtype>(v: &[E], f: impl Fn(E) -> E) -> f64 {
     const LANES: usize = 16;
     let wide = |x: E| x.to_f64().unwrap_or(f64::NAN);
@@ -335,4 +344,26 @@ fn prefixed<'b>(buf: &'b mut String, prefix: &str, name: &str) -> &'b str {
     buf.push('.');
     buf.push_str(name);
     buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l2_norm_agrees_with_an_f64_sum_and_survives_squares_past_f32() {
+        let v: Vec<f32> = (0..5000).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let exact = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        assert!((l2_norm(&v) - exact).abs() <= 4e-6 * exact);
+        // 1e20 squared overflows f32; the norm must not.
+        let big = vec![1e20f32; 3];
+        let want = 1e20f64 * 3f64.sqrt();
+        assert!(
+            (l2_norm(&big) / want - 1.0).abs() < 1e-6,
+            "{}",
+            l2_norm(&big)
+        );
+        assert_eq!(l2_norm(&[f32::INFINITY, 1.0]), f64::INFINITY);
+        assert!(l2_norm(&[f32::NAN, 1.0]).is_nan());
+    }
 }

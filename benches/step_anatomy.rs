@@ -1,7 +1,8 @@
-//! Where a training step's time goes: the matmul of one 784->1024 layer untraced against
-//! traced forward + backward (dfdx computes the input's gradient too; with the input wrapped
-//! in `Data` the crate's own backward op skips it), and the optimizer's
-//! update against its data movement (host copies of every parameter and gradient).
+//! Where a training step's time goes: dfdx's matmul of one 784->1024 layer against the
+//! crate's `Linear` (its own gemm product on the CPU, which first copies the weight to the
+//! host), untraced and traced forward + backward (dfdx computes the input's gradient too; with
+//! the input wrapped in `Data` the crate's backward op skips it), and the optimizer's update
+//! against its data movement (host copies of every parameter and gradient).
 //!
 //! `cargo bench --bench step_anatomy` (`BENCH_REPS=N` to change the repetitions).
 
@@ -27,9 +28,17 @@ fn matmul(dev: &Cpu) {
     let w = layer.weight.clone();
     let flops = 2.0 * (B * 784 * 1024) as f64;
     let mut cases = vec![
-        whole("x W^T untraced (one matmul)", || {
+        whole("x W^T untraced (one matmul, dfdx's)", || {
             black_box(x.clone().matmul(w.clone().permute::<_, Axes2<1, 0>>()));
         }),
+        whole(
+            "the weight to a fresh host buffer (what the crate's CPU forward reads)",
+            || {
+                let mut v = vec![0.0f32; 1024 * 784];
+                w.copy_into(&mut v);
+                black_box(v);
+            },
+        ),
         whole("Linear forward untraced (matmul + bias)", || {
             black_box(layer.forward(x.clone()));
         }),
